@@ -1,0 +1,63 @@
+"""Command line: ``python -m synapse_nb demo-data`` and ``python -m synapse_nb run <yaml>``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+logger = logging.getLogger("synapse_nb")
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from .demo import DemoSpec, make_demo_dataset
+
+    spec = DemoSpec(n_bboxes=args.n_bboxes, synapses_per_bbox=args.synapses_per_bbox, seed=args.seed)
+    if args.shape:
+        spec.shape = tuple(args.shape)
+    table = make_demo_dataset(args.out, spec)
+    logger.info("demo dataset with %d synapses in %d bboxes written to %s", len(table), spec.n_bboxes, args.out)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import run_pipeline
+
+    result = run_pipeline(args.params, run_dir=args.run_dir, only=args.only, start=args.start)
+    for step in result.steps:
+        logger.info("%-12s %-6s %6.1f s  %s", step.notebook, step.status, step.seconds, step.html or "")
+    logger.info("run directory: %s", result.run.path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synapse_nb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo-data", help="write the synthetic demo dataset in the seed layout")
+    demo.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
+    demo.add_argument("--n-bboxes", type=int, default=4)
+    demo.add_argument("--synapses-per-bbox", type=int, default=16)
+    demo.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="bbox shape in voxels")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo_data)
+    run = sub.add_parser("run", help="run the notebooks on a parameter file")
+    run.add_argument("params", help="YAML parameter file, e.g. parameters/demo.yaml")
+    run.add_argument("--run-dir", default=None, help="reuse this run directory instead of a new one")
+    run.add_argument("--only", nargs="+", default=None, help="run only these steps (e.g. 01_load)")
+    run.add_argument("--from", dest="start", default=None, help="run from this step on")
+    run.set_defaults(func=_run)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .config import ConfigError
+    from .io import DataError
+    from .runner import RunnerError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, RunnerError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
