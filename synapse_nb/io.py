@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ import tifffile
 from natsort import natsorted
 
 from . import labels as L
+
+if TYPE_CHECKING:
+    from .config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -252,3 +255,24 @@ def discover_bboxes(raw_dir: str | Path) -> list[str]:
     if not root.is_dir():
         raise DataError(f"raw_dir not found: {root}")
     return natsorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def open_dataset(cfg: "Config") -> list[BboxData]:
+    """Open the bboxes a configuration names (all bboxes under ``raw_dir`` when none are)."""
+    names = list(cfg.bboxes) or discover_bboxes(cfg.raw_dir)
+    return open_seed_dataset(names, cfg.raw_dir, cfg.seg_dir, cfg.mask_dir, cfg.table_dir, cfg.label_ids())
+
+
+def dataset_summary(bboxes: Sequence[BboxData]) -> pd.DataFrame:
+    """One row per bbox: shape, synapse count and the label ids in use."""
+    rows = []
+    for b in bboxes:
+        rows.append(
+            {
+                "bbox": b.name,
+                "shape (z, y, x)": "x".join(str(s) for s in b.shape),
+                "synapses": len(b.table),
+                **{f"{k} id": v for k, v in b.label_ids.as_dict().items()},
+            }
+        )
+    return pd.DataFrame(rows)
