@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synapse_nb import config as C
+from synapse_nb import labels as L
+
+
+def test_defaults_are_valid_and_match_spec():
+    cfg = C.make_config()
+    assert cfg.cube_size == 80
+    assert cfg.gray_value == 0.6
+    assert cfg.presynapse_weight == 0.7
+    assert cfg.voxel_size_nm == [8.0, 8.0, 8.0]
+    assert cfg.segmentation_type in L.SEGMENTATION_TYPES
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(C.ConfigError, match=r"unknown parameter 'alpah'"):
+        C.make_config({"alpah": 0.5})
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("alpha", 1.5, r"'alpha'.*less than or equal to 1"),
+        ("segmentation_type", 12, r"'segmentation_type'.*less than or equal to 11"),
+        ("segmentation_type", "3", r"'segmentation_type'.*valid integer"),
+        ("cube_size", 70, r"'cube_size'.*multiple of 16"),
+        ("pooling_method", "mean", r"'pooling_method'"),
+        ("bboxes", ["../etc"], r"'bboxes'.*invalid bbox name"),
+        ("voxel_size_nm", [8, 8], r"'voxel_size_nm'.*three positive"),
+        ("label_table", {"bbox9": {"mito": 1}}, r"'label_table'.*exactly the keys"),
+        ("layer_num", 34, r"'layer_num'"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.make_config({key: value})
+
+
+def test_yaml_round_trip(tmp_path: Path):
+    cfg = C.make_config({"alpha": 0.5, "bboxes": ["bbox1", "bbox3"], "label_table": {"bbox9": {"mito": 1, "vesicle": 2, "cleft": 3, "cleft2": 4}}})
+    path = C.save_config(cfg, tmp_path / "p.yaml")
+    assert yaml.safe_load(path.read_text())["alpha"] == 0.5
+    again = C.load_config(path)
+    assert again == cfg
+    assert again.label_ids()["bbox9"] == L.LabelIds(mito=1, vesicle=2, cleft=3, cleft2=4)
+    assert again.label_ids()["bbox2"] == L.SEED_LABEL_TABLE["bbox2"]
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_load_config_errors_name_the_file(tmp_path: Path):
+    with pytest.raises(C.ConfigError, match="not found"):
+        C.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(C.ConfigError, match="mapping"):
+        C.load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("alpha: 2\n")
+    with pytest.raises(C.ConfigError, match=r"wrong.yaml[\s\S]*'alpha'"):
+        C.load_config(wrong)
+
+
+def test_from_namespace_takes_only_config_keys():
+    cfg = C.from_namespace({"alpha": 0.25, "n_preview": 3, "run_dir": "", "__name__": "x"})
+    assert cfg.alpha == 0.25
+
+
+def test_shipped_parameter_files_are_valid():
+    root = Path(__file__).resolve().parents[1] / "parameters"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "no parameter files shipped"
+    for path in files:
+        data = yaml.safe_load(path.read_text())
+        C.make_config({k: v for k, v in data.items() if k in C.Config.model_fields}, source=str(path))
+
+
+def test_seed_label_table():
+    assert L.label_ids_for("bbox2") == L.LabelIds(mito=1, vesicle=3, cleft=2, cleft2=4)
+    assert L.label_ids_for("bbox3") == L.LabelIds(mito=6, vesicle=7, cleft=9, cleft2=8)
+    assert L.label_ids_for("bbox4") == L.LabelIds(mito=3, vesicle=2, cleft=1, cleft2=4)
+    assert L.label_ids_for("bbox7") == L.LabelIds(mito=1, vesicle=2, cleft=4, cleft2=3)
+    assert L.label_ids_for("bbox6") == L.label_ids_for("bbox1") == L.LabelIds(mito=5, vesicle=6, cleft=7, cleft2=7)
+    assert L.label_ids_for("bbox42") == L.DEFAULT_LABEL_IDS
+    assert L.label_ids_for("bbox5") == L.label_ids_for("bbox2")
+    assert L.mask_folder_name("bbox3") == "bbox_3"
+    assert L.mask_folder_name("sample") == "sample"
