@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny demo dataset made once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REALDATA = PROJECT_ROOT.parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """Two small bboxes in the seed layout (a few synapses each)."""
+    from synapse_nb.demo import DemoSpec, make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(out, DemoSpec(n_bboxes=2, shape=(64, 112, 112), synapses_per_bbox=4, seed=3), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_demo: Path) -> dict:
+    """Parameters that point the pipeline at the tiny demo with small cubes."""
+    return {
+        "raw_dir": str(tiny_demo / "raw"),
+        "seg_dir": str(tiny_demo / "seg"),
+        "mask_dir": str(tiny_demo / "mask"),
+        "table_dir": str(tiny_demo / "tables"),
+        "cube_size": 32,
+        "batch_size": 4,
+    }
