@@ -50,10 +50,37 @@ def list_slices(folder: Path) -> list[Path]:
     return natsorted(files, key=lambda p: p.name)
 
 
-def _read_slice(path: Path, kind: str) -> np.ndarray:
-    """Read one 2-D slice; RGB raw -> luma gray, multi-channel labels -> first channel."""
+@dataclass(frozen=True)
+class _TiffLayout:
+    """Where the pixels of an uncompressed, contiguous TIFF sit in its file."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    file_size: int
+
+
+def _tiff_layout(path: Path) -> _TiffLayout | None:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        if not page.is_contiguous or len(tif.pages) != 1:
+            return None
+        offset, _ = page.is_contiguous
+        dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
+        return _TiffLayout(int(offset), tuple(page.shape), dtype, path.stat().st_size)
+
+
+def _read_slice(path: Path, kind: str, layout: _TiffLayout | None = None) -> np.ndarray:
+    """Read one 2-D slice; RGB raw -> luma gray, multi-channel labels -> first channel.
+
+    With the ``layout`` of a sibling slice and an equal file size, the pixels are mapped
+    directly (a stack written by one writer shares it), which is ~3x cheaper than parsing
+    every TIFF header.
+    """
     try:
-        if path.suffix.lower() == ".png":
+        if layout is not None and path.stat().st_size == layout.file_size:
+            arr = np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.offset, shape=layout.shape)
+        elif path.suffix.lower() == ".png":
             from PIL import Image
 
             with Image.open(path) as im:
@@ -91,6 +118,12 @@ class SliceStack:
         if not self.files:
             raise DataError(f"no .tif/.tiff/.png slices in {self.folder}")
         first = _read_slice(self.files[0], kind)
+        self._layout = None
+        if self.files[0].suffix.lower() in (".tif", ".tiff"):
+            try:
+                self._layout = _tiff_layout(self.files[0])
+            except Exception:  # noqa: BLE001 - fall back to per-slice parsing
+                self._layout = None
         self._plane_shape = first.shape
         self.dtype = first.dtype
         self.shape = (len(self.files), *first.shape)
@@ -98,8 +131,12 @@ class SliceStack:
 
     ndim = 3
 
+    def clear_cache(self) -> None:
+        """Forget opened slices (call when done with a bbox to release its mappings)."""
+        self._slice.cache_clear()
+
     def _load(self, z: int) -> np.ndarray:
-        arr = _read_slice(self.files[z], self.kind)
+        arr = _read_slice(self.files[z], self.kind, self._layout)
         if arr.shape != self._plane_shape:
             raise DataError(
                 f"slice {self.files[z]} has shape {arr.shape} but {self.files[0].name} has {self._plane_shape}; "

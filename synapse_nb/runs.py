@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import atomic
 from .config import Config
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,16 @@ class Run:
     def table(self, name: str) -> Path:
         """Path of a named table (parquet) in this run."""
         return self.tables_dir / f"{name}.parquet"
+
+    def write_table(self, df: "pd.DataFrame", name: str, csv: bool = False) -> Path:
+        """Write a named table as parquet (and CSV for people opening it in a spreadsheet)."""
+        path = self.table(name)
+        with atomic.atomic_path(path) as tmp:
+            df.to_parquet(tmp, index=False)
+        if csv:
+            with atomic.atomic_path(path.with_suffix(".csv")) as tmp:
+                df.to_csv(tmp, index=False)
+        return path
 
     def require(self, path: Path, step: str) -> Path:
         """Fail clearly when an earlier step's output is missing."""
