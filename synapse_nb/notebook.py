@@ -10,9 +10,37 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: Renderer that keeps figures interactive in JupyterLab and embeds plotly.js (once per
-#: page) in the ``text/html`` output that nbconvert keeps in the exported report.
-PLOTLY_RENDERER = "plotly_mimetype+notebook"
+#: Renderer pair: the mime bundle keeps figures interactive in JupyterLab, the offline
+#: notebook renderer puts plotly.js once per page (at setup) plus each figure's ``text/html``
+#: into the notebook, which is what nbconvert keeps in the exported report.
+OFFLINE_RENDERER = "synapse_offline"
+PLOTLY_RENDERER = f"plotly_mimetype+{OFFLINE_RENDERER}"
+
+
+def _register_offline_renderer() -> None:
+    """Plotly's own notebook renderer links MathJax from a CDN in every figure; reports must
+    open offline, so ours leaves MathJax out (figures use no LaTeX)."""
+    import plotly.io as pio
+    from plotly.io._base_renderers import NotebookRenderer
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        def to_mimebundle(self, fig_dict):
+            html = pio.to_html(
+                fig_dict,
+                config=self.config,
+                auto_play=self.auto_play,
+                include_plotlyjs=False,
+                include_mathjax=False,
+                full_html=False,
+                animation_opts=self.animation_opts,
+                default_width="100%",
+                default_height=525,
+                validate=False,
+            )
+            return {"text/html": html}
+
+    if OFFLINE_RENDERER not in pio.renderers:
+        pio.renderers[OFFLINE_RENDERER] = OfflineNotebookRenderer()
 
 
 def find_project_root(start: str | Path | None = None) -> Path | None:
@@ -47,12 +75,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(seed: int = 42, chdir: bool = True, log_level: int = logging.WARNING) -> Path:
+def setup(seed: int = 42, chdir: bool = True, log_level: int = logging.WARNING) -> None:
     """Prepare a notebook: project-root working directory, plotly renderer, seeds, threads, logging.
 
     Relative paths in parameters are relative to the project root whether the notebook runs
     in JupyterLab (cwd ``notebooks/``) or under the runner.
-    Returns the working directory.
     """
     root = find_project_root()
     if chdir and root is not None:
@@ -62,8 +89,9 @@ def setup(seed: int = 42, chdir: bool = True, log_level: int = logging.WARNING) 
     import plotly.io as pio
     import torch
 
+    _register_offline_renderer()
     pio.renderers.default = PLOTLY_RENDERER
     torch.set_num_threads(os.cpu_count() or 1)
     seed_everything(seed)
     configure_logging(log_level)
-    return cwd
+    logger.info("notebook set up in %s (seed %d)", cwd, seed)

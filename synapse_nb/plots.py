@@ -29,6 +29,19 @@ def bbox_counts(table: pd.DataFrame, skipped: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+#: What a person checks first about each built synapse: where it is and how pre/post was decided.
+OVERVIEW_COLUMNS = (
+    L.BBOX_COLUMN, L.NAME_COLUMN, "table_row", "pre_side", "pre_seg_id", "post_seg_id",
+    "overlap_side1", "overlap_side2", "ambiguous", "ambiguity_reason",
+)
+
+
+def synapse_overview(table: pd.DataFrame, class_column: str | None = None, n: int = 12) -> pd.DataFrame:
+    """The first ``n`` synapses with identity and pre/post decision columns only."""
+    cols = [c for c in (*OVERVIEW_COLUMNS, class_column) if c and c in table.columns]
+    return table[cols].head(n)
+
+
 def _morph_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.endswith("_vox") or c.endswith("_nm3") or c.endswith("_nm2")]
 
