@@ -15,7 +15,7 @@ __all__ = ["setup", "__version__"]
 
 _SUBMODULES = {
     "atomic", "config", "cubes", "demo", "extract", "io", "labels", "model", "notebook",
-    "plots", "progress", "report", "runner", "runs",
+    "plots", "progress", "report", "runner", "runs", "reduce", "cluster", "compare", "maps", "export",
 }
 
 
