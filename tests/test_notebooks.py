@@ -120,7 +120,10 @@ def test_html_reports_have_no_code_and_load_nothing_remote(pipeline_run):
     result, _ = pipeline_run
     for step in result.steps:
         html = step.html.read_text()
-        assert "jp-InputArea-editor" not in html, "code cells must be hidden"
+        body = html.split("<body", 1)[1]
+        code_cells = re.findall(r'class="jp-Cell jp-CodeCell[^"]*"', body)
+        assert code_cells and all("jp-mod-noInput" in c for c in code_cells), "code cells must be hidden"
+        assert "snb.setup()" not in body
         assert "import synapse_nb" not in html
         assert not re.search(r"<script[^>]+src=[\"']https?://", html), "no script from the internet"
         assert "<img" in html or "plotly" in html

@@ -1,0 +1,373 @@
+"""Feature extraction from synapse cubes with VGG3D (SPEC 5), and the feature tables.
+
+Cubes are read batch by batch from any object with ``len()`` and slice indexing (a numpy
+array, or the lazy view of the cube store), so memory stays at one batch whatever N is.
+The forward pass uses :class:`synapse_nb.model.InferenceTrunk` (BatchNorm folded, ReLU fused,
+channels-last) and stops at the requested module for ``stage_specific`` extraction.
+See ``benchmarks/bench_network.py`` for the measurements behind the defaults.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path
+from .atomic import write_text as atomic_write_text
+from .model import (
+    ModelInfo,
+    N_FEATURE_MODULES,
+    TRUNK_CHANNELS,
+    InferenceTrunk,
+    VGG3D,
+    layer_channels,
+    layer_description,
+    layer_downscale,
+    validate_layer,
+)
+from .progress import in_batch
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .cubes import CubeSet
+    from .runs import Run
+
+logger = logging.getLogger(__name__)
+
+POOLINGS: tuple[str, ...] = ("avg", "max", "concat_avg_max", "spp")
+EXTRACTION_METHODS: tuple[str, ...] = ("standard", "stage_specific")
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+INPUT_RANGES: tuple[str, ...] = ("0_1", "-1_1")
+SPP_LEVELS: tuple[int, ...] = (1, 2, 4)
+"""Output sizes of the adaptive average pools concatenated by ``spp`` (1 + 8 + 64 = 73 cells)."""
+FEATURE_PREFIX = "feat_"
+FEATURES_PARQUET = "features.parquet"
+
+DEFAULT_BATCH_SIZE = 2
+"""Measured best on the 2-core reference machine for both precisions (bench_network.py)."""
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class CubeSource(Protocol):
+    """What the extractor reads: ``len()`` and ``[a:b] -> (b - a, Z, Y, X)`` float array."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, item: slice) -> np.ndarray: ...
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def feature_dim(pooling: str, channels: int) -> int:
+    """Length of the feature vector that ``pooling`` makes from ``channels`` channels."""
+    _check_choice("pooling", pooling, POOLINGS)
+    factor = {"avg": 1, "max": 1, "concat_avg_max": 2, "spp": sum(s**3 for s in SPP_LEVELS)}[pooling]
+    return factor * int(channels)
+
+
+def pool_features(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Reduce activations (B, C, z, y, x) to (B, D) over space; float32 in, float32 out."""
+    _check_choice("pooling", pooling, POOLINGS)
+    if pooling == "avg":
+        return x.mean(dim=(2, 3, 4))
+    if pooling == "max":
+        return x.amax(dim=(2, 3, 4))
+    if pooling == "concat_avg_max":
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1)
+    return torch.cat([F.adaptive_avg_pool3d(x, s).flatten(1) for s in SPP_LEVELS], dim=1)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset / container CPU sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _bf16_is_native() -> bool:
+    """True if the CPU has bf16 dot-product instructions (otherwise oneDNN emulates bf16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:  # not Linux: trust oneDNN's own (looser) check
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover
+        return False
+
+
+class FeatureExtractor:
+    """Turn cubes into one pooled feature vector per synapse.
+
+    ``method="standard"`` uses the whole trunk (192 channels at 5^3); ``"stage_specific"``
+    stops after ``features[layer_num]`` (default 20: the first conv of block 3, before its
+    BatchNorm, 96 channels at 20^3) and computes nothing after it.
+
+    ``precision="bfloat16"`` is opt-in: about twice as fast on CPUs with native bf16, features
+    within cosine 0.999 of float32 (tested), but not bit-identical.
+
+    Cubes are expected in [0, 1] (what the cube builder writes). ``input_range`` decides what
+    the network sees: ``"0_1"`` as is, ``"-1_1"`` as ``2 x - 1`` (how HemiBrain was trained);
+    ``None`` follows the weights (``model.info.default_input_range``, "0_1" if unknown).
+    """
+
+    def __init__(
+        self,
+        model: VGG3D,
+        method: str = "standard",
+        layer_num: int = 20,
+        pooling: str = "avg",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        precision: str = "float32",
+        channels_last: bool = True,
+        input_range: str | None = None,
+        num_threads: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.method = _check_choice("method", method, EXTRACTION_METHODS)
+        self.pooling = _check_choice("pooling", pooling, POOLINGS)
+        self.precision = _check_choice("precision", precision, PRECISIONS)
+        self.layer_num = validate_layer(layer_num)
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        info = getattr(model, "info", None)
+        if input_range is None:
+            input_range = info.default_input_range if info is not None else "0_1"
+        self.input_range = _check_choice("input_range", input_range, INPUT_RANGES)
+        self.num_threads = int(num_threads) if num_threads else available_cores()
+        self.progress = progress
+        self.channels_last = bool(channels_last)
+        self.upto = self.layer_num if method == "stage_specific" else N_FEATURE_MODULES - 1
+        self.channels = layer_channels(self.upto) if method == "stage_specific" else TRUNK_CHANNELS
+        self.dim = feature_dim(pooling, self.channels)
+        self.model_info = info
+        if self.precision == "bfloat16" and not _bf16_is_native():
+            logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
+        self.trunk = InferenceTrunk(model, self.upto, _DTYPES[self.precision], channels_last=self.channels_last)
+        self.last_seconds: float | None = None
+
+    def describe(self) -> str:
+        """Settings in one line, for reports."""
+        where = "whole trunk (features.33)" if self.method == "standard" else layer_description(self.upto)
+        rng = "[0, 1]" if self.input_range == "0_1" else "[-1, 1]"
+        return (
+            f"{self.method} extraction, {where}, {self.pooling} pooling -> {self.dim} features, "
+            f"{self.precision}, input range {rng}"
+        )
+
+    def _batch(self, cubes: CubeSource, start: int, stop: int, spatial: list[tuple[int, ...]]) -> torch.Tensor:
+        """Read and validate cubes[start:stop] into a (b, 1, Z, Y, X) float32 tensor."""
+        where = f"cubes[{start}:{stop}]"
+        arr = np.asarray(cubes[start:stop])
+        if arr.ndim != 4 or arr.shape[0] != stop - start:
+            raise ValueError(
+                f"{where} has shape {arr.shape}; expected ({stop - start}, Z, Y, X) — one 3-D cube per synapse"
+            )
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ValueError(f"{where} has dtype {arr.dtype}; expected real numbers (float32)")
+        shape = tuple(int(s) for s in arr.shape[1:])
+        if spatial and shape != spatial[0]:
+            raise ValueError(f"{where} has cube shape {shape}, earlier cubes had {spatial[0]}")
+        need = layer_downscale(self.upto)
+        if min(shape) < need:
+            raise ValueError(f"{where} cubes of shape {shape} are too small: layer {self.upto} needs >= {need} voxels per axis")
+        spatial[:1] = [shape]
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+        if not finite.all():
+            bad = [start + int(i) for i in np.flatnonzero(~finite)]
+            raise ValueError(f"{where} contains NaN or infinite values (cube indices {bad[:10]})")
+        x = torch.from_numpy(arr).unsqueeze(1)
+        if self.input_range == "-1_1":
+            x = x * 2.0 - 1.0
+        return x
+
+    def __call__(self, cubes: CubeSource) -> np.ndarray:
+        """Features (N, D) float32, in the order of ``cubes``."""
+        n = len(cubes)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        spatial: list[tuple[int, ...]] = []
+        starts = list(range(0, n, self.batch_size))
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        t0 = time.perf_counter()
+        try:
+            # read the next batch in a thread while the current one is computed (I/O overlap)
+            with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), tqdm(
+                total=n, unit="syn", desc="features", disable=not self.progress
+            ) as bar:
+                def read(s: int) -> Any:
+                    return pool.submit(self._batch, cubes, s, min(s + self.batch_size, n), spatial)
+
+                pending = read(starts[0])
+                for k, start in enumerate(starts):
+                    x = pending.result()
+                    if k + 1 < len(starts):
+                        pending = read(starts[k + 1])
+                    act = self.trunk(x)
+                    out[start : start + len(x)] = pool_features(act, self.pooling).numpy()
+                    bar.update(len(x))
+        finally:
+            torch.set_num_threads(prev_threads)
+        self.last_seconds = time.perf_counter() - t0
+        logger.info(
+            "extracted %d x %d features in %.1f s (%.2f synapses/s): %s",
+            n, self.dim, self.last_seconds, n / max(self.last_seconds, 1e-9), self.describe(),
+        )
+        return out
+
+
+# --------------------------------------------------------------------------- tables / files
+def feature_name(i: int) -> str:
+    """Column name of feature ``i``: ``feat_0000`` ... (at least four digits)."""
+    return f"{FEATURE_PREFIX}{i:04d}"
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """The feature columns of a features table, in order."""
+    return [c for c in df.columns if isinstance(c, str) and c.startswith(FEATURE_PREFIX)]
+
+
+def features_frame(features: np.ndarray, metadata: pd.DataFrame) -> pd.DataFrame:
+    """Metadata columns first, then ``feat_0000``...; rows aligned by position.
+
+    A named index of ``metadata`` (e.g. ``synapse_id``) becomes a column so that it survives
+    CSV/parquet round trips; an unnamed index is positional and dropped.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (N, D), got shape {features.shape}")
+    if len(metadata) != len(features):
+        raise ValueError(f"{len(features)} feature rows but {len(metadata)} metadata rows")
+    # keep a named index (e.g. synapse_id) as a column; drop an anonymous positional one
+    meta = metadata.reset_index(drop=all(name is None for name in metadata.index.names))
+    clash = feature_columns(meta)
+    if clash:
+        raise ValueError(f"metadata already has feature-like columns {clash[:5]} (prefix {FEATURE_PREFIX!r})")
+    feats = pd.DataFrame(features.astype(np.float32, copy=False), columns=[feature_name(i) for i in range(features.shape[1])])
+    return pd.concat([meta, feats], axis=1)
+
+
+def _alpha_text(alpha: float) -> str:
+    return str(float(alpha)).replace(".", "_")
+
+
+def seed_csv_name(method: str, layer_num: int | None, pooling: str, segmentation_type: int, alpha: float) -> str:
+    """The seed's CSV name ``features[_layer{N}]_{pool}_seg{S}_alpha{A}.csv`` (A with '.' -> '_').
+
+    ``_layer{N}`` appears only for ``stage_specific``. Example: ``features_avg_seg10_alpha1_0.csv``.
+    """
+    _check_choice("method", method, EXTRACTION_METHODS)
+    _check_choice("pooling", pooling, POOLINGS)
+    layer = f"_layer{validate_layer(layer_num)}" if method == "stage_specific" else ""
+    return f"features{layer}_{pooling}_seg{int(segmentation_type)}_alpha{_alpha_text(alpha)}.csv"
+
+
+def save_features(df: pd.DataFrame, out_dir: str | Path, seed_name: str) -> dict[str, Path]:
+    """Write ``features.parquet`` and the seed-compatible CSV, each atomically.
+
+    Returns ``{"parquet": path, "csv": path}``.
+    """
+    out_dir = Path(out_dir)
+    if Path(seed_name).name != seed_name or not seed_name.endswith(".csv"):
+        raise ValueError(f"seed_name must be a bare file name ending in .csv, got {seed_name!r}")
+    paths = {"parquet": out_dir / FEATURES_PARQUET, "csv": out_dir / seed_name}
+    with atomic_path(paths["parquet"]) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(paths["csv"]) as tmp:
+        df.to_csv(tmp, index=False)
+    logger.info("wrote %d x %d features to %s and %s", len(df), len(feature_columns(df)), *paths.values())
+    return paths
+
+
+# --------------------------------------------------------------------------- pipeline step
+@dataclass
+class FeatureResult:
+    """What notebook 02 produces: features with metadata, and who was left out and why."""
+
+    features: pd.DataFrame  # synapse metadata + feat_* columns
+    skipped: pd.DataFrame  # bbox, Var1, table_row, reason (empty masks for this type)
+    seed_name: str  # the seed's CSV file name for these settings
+    description: str  # weights, input range and extraction settings in words
+    seconds: float
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.features[feature_columns(self.features)].to_numpy(np.float32)
+
+
+def resolve_input_range(cfg: "Config", info: ModelInfo) -> str:
+    """``auto`` follows the weights: [-1, 1] for a HemiBrain checkpoint, [0, 1] otherwise."""
+    return info.default_input_range if cfg.input_range == "auto" else cfg.input_range
+
+
+def describe(info: ModelInfo, cfg: "Config") -> str:
+    """The sentence every report shows about the network (random weights are said loudly)."""
+    rng = "[0, 1]" if resolve_input_range(cfg, info) == "0_1" else "[-1, 1]"
+    how = "whole trunk" if cfg.extraction_method == "standard" else layer_description(cfg.layer_num)
+    return (
+        f"{info.description()} Input range {rng} ({'chosen' if cfg.input_range != 'auto' else 'following the weights'}); "
+        f"{cfg.extraction_method} extraction ({how}), {cfg.pooling_method} pooling, {cfg.precision}."
+    )
+
+
+def extract_from_config(cubes: "CubeSet", model: VGG3D, info: ModelInfo, cfg: "Config", progress: bool = True) -> FeatureResult:
+    """Render every usable cube for the configured segmentation type and extract its features.
+
+    Synapses whose mask is empty for this type are left out and reported (SPEC 13).
+    """
+    skipped = cubes.empty_mask_report(cfg.segmentation_type)
+    keep = np.setdiff1d(np.arange(len(cubes)), cubes.empty_mask_rows(cfg.segmentation_type))
+    if len(keep) == 0:
+        raise ValueError(
+            f"every synapse has an empty mask for segmentation type {cfg.segmentation_type}: "
+            "choose another segmentation_type or check the label ids (label_table)"
+        )
+    view = cubes.rendered(
+        segmentation_type=cfg.segmentation_type, alpha=cfg.alpha, gray_value=cfg.gray_value,
+        quantize_8bit=cfg.quantize_8bit, second_minmax=cfg.second_minmax, input_range="0_1", indices=keep,
+    )
+    extractor = FeatureExtractor(
+        model, method=cfg.extraction_method, layer_num=cfg.layer_num, pooling=cfg.pooling_method,
+        batch_size=cfg.batch_size, precision=cfg.precision, input_range=resolve_input_range(cfg, info),
+        progress=progress and not in_batch(),
+    )
+    matrix = extractor(view)
+    features = features_frame(matrix, cubes.table.iloc[keep].reset_index(drop=True))
+    name = seed_csv_name(cfg.extraction_method, cfg.layer_num, cfg.pooling_method, cfg.segmentation_type, cfg.alpha)
+    return FeatureResult(features, skipped, name, describe(info, cfg), extractor.last_seconds or 0.0)
+
+
+def save_result(result: FeatureResult, run: "Run") -> dict[str, Path]:
+    """Write the features (parquet + seed CSV), the excluded synapses and the settings to the run."""
+    paths = save_features(result.features, run.tables_dir, result.seed_name)
+    paths["skipped"] = run.write_table(result.skipped, "skipped_features", csv=True)
+    paths["extraction"] = atomic_write_text(
+        run.tables_dir / "extraction.json",
+        json.dumps({"description": result.description, "seed_name": result.seed_name, "seconds": result.seconds}, indent=2),
+    )
+    return paths

@@ -1,0 +1,264 @@
+"""Feature extraction, poolings, bf16 agreement and the feature files (SPEC 5)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synapse_nb import extract as E
+from synapse_nb.extract import (
+    EXTRACTION_METHODS,
+    FEATURE_PREFIX,
+    POOLINGS,
+    FeatureExtractor,
+    feature_columns,
+    feature_dim,
+    features_frame,
+    pool_features,
+    save_features,
+    seed_csv_name,
+)
+from synapse_nb.model import InferenceTrunk, ModelInfo, build_model, layer_channels
+
+EXPECTED_DIMS = {
+    ("standard", "avg"): 192, ("standard", "max"): 192, ("standard", "concat_avg_max"): 384, ("standard", "spp"): 14016,
+    ("stage_specific", "avg"): 96, ("stage_specific", "max"): 96, ("stage_specific", "concat_avg_max"): 192,
+    ("stage_specific", "spp"): 7008,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: one thread avoids OpenMP barrier stalls when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m, _ = build_model(None, seed=11)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial BatchNorm so that folding is exercised
+        for mod in m.features:
+            if isinstance(mod, nn.BatchNorm3d):
+                c = mod.num_features
+                mod.running_mean.copy_(0.05 * torch.randn(c, generator=gen))
+                mod.running_var.copy_(0.6 + 0.8 * torch.rand(c, generator=gen))
+                mod.weight.copy_(0.8 + 0.4 * torch.rand(c, generator=gen))
+                mod.bias.copy_(0.05 * torch.randn(c, generator=gen))
+    return m
+
+
+def realistic(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smoothed noise in [0, 1]: blob-like, like min-max scaled EM more than white noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size, size, size, generator=gen)
+    x = F.avg_pool3d(F.avg_pool3d(x, 5, 1, 2, count_include_pad=False), 5, 1, 2, count_include_pad=False)
+    x = x + 0.05 * torch.rand(x.shape, generator=gen)
+    lo = x.amin(dim=(1, 2, 3, 4), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3, 4), keepdim=True)
+    return ((x - lo) / (hi - lo))[:, 0].numpy().astype(np.float32)
+
+
+class LazyCubes:
+    """A cube source like the cube store's lazy view; records every read."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.reads: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        assert isinstance(item, slice)
+        self.reads.append((item.start, item.stop))
+        return self.arr[item].copy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# ----------------------------------------------------------------------------- dimensions
+def test_constants_and_helpers():
+    assert POOLINGS == ("avg", "max", "concat_avg_max", "spp")
+    assert EXTRACTION_METHODS == ("standard", "stage_specific")
+    assert layer_channels(20) == 96
+    for (method, pooling), dim in EXPECTED_DIMS.items():
+        assert feature_dim(pooling, 192 if method == "standard" else 96) == dim
+    with pytest.raises(ValueError, match="pooling"):
+        feature_dim("median", 10)
+
+
+@pytest.fixture(scope="module")
+def cubes80() -> np.ndarray:
+    return realistic(2, 80, seed=5)
+
+
+@pytest.fixture(scope="module")
+def acts80(model, cubes80) -> dict[str, torch.Tensor]:
+    """float32 activations of two realistic 80^3 cubes: whole trunk and layer 20."""
+    x = torch.from_numpy(cubes80).unsqueeze(1)
+    with torch.inference_mode():
+        return {"standard": InferenceTrunk(model)(x), "stage_specific": InferenceTrunk(model, 20)(x)}
+
+
+def test_every_pooling_dimension_at_80(model, acts80):
+    assert tuple(acts80["standard"].shape) == (2, 192, 5, 5, 5)
+    assert tuple(acts80["stage_specific"].shape) == (2, 96, 20, 20, 20)
+    for (method, pooling), dim in EXPECTED_DIMS.items():
+        assert tuple(pool_features(acts80[method], pooling).shape) == (2, dim), (method, pooling)
+        ex = FeatureExtractor(model, method=method, layer_num=20, pooling=pooling, progress=False)
+        assert ex.dim == dim
+    act = acts80["stage_specific"]
+    spp = pool_features(act, "spp")[0]
+    torch.testing.assert_close(spp[:96], act[0].mean(dim=(1, 2, 3)))  # level 1 = global average
+    cat = pool_features(act, "concat_avg_max")[0]
+    torch.testing.assert_close(cat[96:], act[0].amax(dim=(1, 2, 3)))
+
+
+def test_extractor_end_to_end_at_80(model, cubes80, acts80):
+    ex = FeatureExtractor(model, method="stage_specific", layer_num=20, pooling="spp", progress=False)
+    feats = ex(cubes80[:1])
+    assert feats.shape == (1, 7008) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    np.testing.assert_allclose(feats, pool_features(acts80["stage_specific"][:1], "spp").numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_matches_eager_model_and_is_batch_independent(model):
+    cubes = realistic(5, 16, seed=1)
+    x = torch.from_numpy(cubes).unsqueeze(1)
+    for method, layer, pooling in (("stage_specific", 20, "concat_avg_max"), ("standard", 20, "avg"), ("stage_specific", 14, "max")):
+        with torch.inference_mode():
+            ref = pool_features(model.forward_features(x, layer if method == "stage_specific" else None), pooling).numpy()
+        got1 = FeatureExtractor(model, method, layer, pooling, batch_size=1, progress=False, num_threads=1)(cubes)
+        got3 = FeatureExtractor(model, method, layer, pooling, batch_size=3, progress=False, num_threads=1,
+                                channels_last=False)(cubes)
+        np.testing.assert_allclose(got1, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+        np.testing.assert_allclose(got3, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_reads_lazily_batch_by_batch(model):
+    src = LazyCubes(realistic(5, 16))
+    out = FeatureExtractor(model, "stage_specific", 22, batch_size=2, progress=False, num_threads=1)(src)
+    assert out.shape == (5, 96)
+    assert src.reads == [(0, 2), (2, 4), (4, 5)]
+    assert FeatureExtractor(model, progress=False)(np.zeros((0, 16, 16, 16), np.float32)).shape == (0, 192)
+
+
+def test_bad_inputs_name_the_batch(model):
+    ex = FeatureExtractor(model, "stage_specific", 20, batch_size=2, progress=False, num_threads=1)
+    cubes = realistic(5, 16)
+    cubes[3, 1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"cubes\[2:4\].*NaN.*\[3\]"):
+        ex(cubes)
+    with pytest.raises(ValueError, match=r"cubes\[0:2\] has shape \(2, 16, 16\)"):
+        ex(np.zeros((4, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="too small"):
+        ex(np.zeros((2, 3, 16, 16), np.float32))
+
+    class Ragged(LazyCubes):
+        def __getitem__(self, item):
+            return np.zeros((item.stop - item.start, 16, 16, 16 if item.start == 0 else 24), np.float32)
+
+    with pytest.raises(ValueError, match=r"cubes\[2:3\] has cube shape"):
+        ex(Ragged(np.zeros((3, 1))))
+
+
+def test_invalid_settings():
+    m, _ = build_model(None)
+    for kwargs in ({"layer_num": 34}, {"layer_num": -1}, {"layer_num": 2.5}, {"method": "deep"},
+                   {"pooling": "sum"}, {"precision": "float16"}, {"batch_size": 0}, {"input_range": "0_255"}):
+        with pytest.raises(ValueError):
+            FeatureExtractor(m, **kwargs)
+
+
+def test_stage_specific_stops_at_layer(model):
+    ex = FeatureExtractor(model, "stage_specific", 20, progress=False)
+    assert ex.trunk.upto == 20 and ex.channels == 96
+    n_convs = sum(op[0] == "conv" for op in ex.trunk.ops)
+    assert n_convs == 7  # 0, 3, 6, 9, 13, 16, 20 and nothing after
+    assert ex.trunk.ops[-1][0] == "conv" and not ex.trunk.ops[-1][-1]  # conv 20: no BN, no ReLU
+    assert "features.20" in ex.describe() and "before BatchNorm" in ex.describe()
+
+
+def test_input_range_and_default_follows_weights(model):
+    cubes = realistic(2, 16)
+    a = FeatureExtractor(model, "stage_specific", 20, input_range="-1_1", progress=False, num_threads=1)(cubes)
+    b = FeatureExtractor(model, "stage_specific", 20, input_range="0_1", progress=False, num_threads=1)(cubes * 2 - 1)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert FeatureExtractor(model, progress=False).input_range == "0_1"  # random weights
+    m, _ = build_model(None)
+    m.info = ModelInfo("/x/hemibrain.checkpoint", None, False, None, True, "-1_1")
+    assert FeatureExtractor(m, progress=False).input_range == "-1_1"
+
+
+def test_threads_restored(model):
+    before = torch.get_num_threads()
+    ex = FeatureExtractor(model, "stage_specific", 2, progress=False, num_threads=2)
+    ex(realistic(1, 16))
+    assert torch.get_num_threads() == before
+    assert ex.last_seconds is not None
+    assert FeatureExtractor(model, progress=False).num_threads == E.available_cores()
+
+
+def test_bf16_agrees_with_float32(model, cubes80, acts80):
+    """Cosine >= 0.999 per synapse on realistic 80^3 inputs, both methods, every pooling."""
+    x = torch.from_numpy(cubes80).unsqueeze(1)
+    with torch.inference_mode():
+        for method, upto in (("standard", None), ("stage_specific", 20)):
+            low = InferenceTrunk(model, upto, torch.bfloat16)(x)
+            for pooling in POOLINGS:
+                cos = cosine(pool_features(low, pooling).numpy(), pool_features(acts80[method], pooling).numpy())
+                assert cos.min() >= 0.999, (method, pooling, cos)
+    ex = FeatureExtractor(model, "stage_specific", 20, precision="bfloat16", progress=False, num_threads=1)
+    assert ex(realistic(1, 16)).dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- tables and files
+def test_seed_csv_name_examples():
+    assert seed_csv_name("standard", 20, "avg", 10, 1.0) == "features_avg_seg10_alpha1_0.csv"
+    assert seed_csv_name("standard", 20, "avg", 10, 1) == "features_avg_seg10_alpha1_0.csv"
+    assert seed_csv_name("stage_specific", 20, "spp", 10, 0.5) == "features_layer20_spp_seg10_alpha0_5.csv"
+    assert seed_csv_name("stage_specific", 9, "concat_avg_max", 0, 0.25) == (
+        "features_layer9_concat_avg_max_seg0_alpha0_25.csv"
+    )
+    with pytest.raises(ValueError):
+        seed_csv_name("stage_specific", 40, "avg", 10, 1.0)
+
+
+def test_features_frame_layout():
+    meta = pd.DataFrame({"bbox": ["b1", "b1", "b2"], "x": [1, 2, 3]}, index=pd.Index([7, 8, 9], name="synapse_id"))
+    feats = np.arange(6, dtype=np.float32).reshape(3, 2)
+    df = features_frame(feats, meta)
+    assert list(df.columns) == ["synapse_id", "bbox", "x", "feat_0000", "feat_0001"]
+    assert feature_columns(df) == ["feat_0000", "feat_0001"] and FEATURE_PREFIX == "feat_"
+    np.testing.assert_array_equal(df[feature_columns(df)].to_numpy(), feats)
+    anon = features_frame(feats, meta.reset_index(drop=True).iloc[[2, 0, 1]])
+    assert list(anon.columns) == ["bbox", "x", "feat_0000", "feat_0001"] and list(anon.x) == [3, 1, 2]
+    assert E.feature_name(14015) == "feat_14015"
+    with pytest.raises(ValueError, match="rows"):
+        features_frame(feats[:2], meta)
+
+
+def test_save_features_writes_both_files_atomically(tmp_path):
+    meta = pd.DataFrame({"bbox": ["b1", "b2"], "syn": [1, 2]})
+    df = features_frame(np.random.default_rng(0).random((2, 3), dtype=np.float32), meta)
+    name = seed_csv_name("stage_specific", 20, "avg", 10, 1.0)
+    out = save_features(df, tmp_path / "run", name)
+    assert out == {"parquet": tmp_path / "run" / "features.parquet", "csv": tmp_path / "run" / name}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(["features.parquet", name])
+    back = pd.read_parquet(out["parquet"])
+    pd.testing.assert_frame_equal(back, df)
+    csv = pd.read_csv(out["csv"])
+    assert list(csv.columns) == ["bbox", "syn", "feat_0000", "feat_0001", "feat_0002"]
+    np.testing.assert_allclose(csv[feature_columns(csv)].to_numpy(), df[feature_columns(df)].to_numpy(), rtol=1e-6)
+    with pytest.raises(ValueError):
+        save_features(df, tmp_path, "../x.csv")
