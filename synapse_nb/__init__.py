@@ -8,10 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .notebook import setup
+from .notebook import say, setup
 
 __version__ = "0.1.0"
-__all__ = ["setup", "__version__"]
+__all__ = ["say", "setup", "__version__"]
 
 _SUBMODULES = {
     "atomic", "config", "cubes", "demo", "extract", "io", "labels", "model", "notebook",

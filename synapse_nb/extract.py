@@ -319,6 +319,11 @@ class FeatureResult:
     def matrix(self) -> np.ndarray:
         return self.features[feature_columns(self.features)].to_numpy(np.float32)
 
+    def preview(self, n_rows: int = 5, n_features: int = 8) -> pd.DataFrame:
+        """Synapse names with their first features: what the feature table looks like."""
+        ident = [c for c in ("bbox", "Var1") if c in self.features.columns]
+        return self.features[ident + feature_columns(self.features)[:n_features]].head(n_rows)
+
 
 def resolve_input_range(cfg: "Config", info: ModelInfo) -> str:
     """``auto`` follows the weights: [-1, 1] for a HemiBrain checkpoint, [0, 1] otherwise."""
@@ -330,7 +335,7 @@ def describe(info: ModelInfo, cfg: "Config") -> str:
     rng = "[0, 1]" if resolve_input_range(cfg, info) == "0_1" else "[-1, 1]"
     how = "whole trunk" if cfg.extraction_method == "standard" else layer_description(cfg.layer_num)
     return (
-        f"{info.description()} Input range {rng} ({'chosen' if cfg.input_range != 'auto' else 'following the weights'}); "
+        f"{info.description()}. Input range {rng} ({'chosen' if cfg.input_range != 'auto' else 'following the weights'}); "
         f"{cfg.extraction_method} extraction ({how}), {cfg.pooling_method} pooling, {cfg.precision}."
     )
 

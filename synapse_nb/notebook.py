@@ -1,9 +1,11 @@
 """The one setup call every notebook starts with (STYLE: the notebook contract)."""
 from __future__ import annotations
 
+import html
 import logging
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,19 @@ def seed_everything(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def markdown_safe(text: str) -> str:
+    """Escape HTML outside `code spans`: user strings (paths, names) never become markup."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(p if p.startswith("`") else html.escape(p, quote=False) for p in parts)
+
+
+def say(text: str) -> None:
+    """Show a sentence as formatted text in the notebook (and its HTML report)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(markdown_safe(text)))
 
 
 def setup(seed: int = 42, chdir: bool = True, log_level: int = logging.WARNING) -> None:

@@ -131,3 +131,11 @@ def test_html_reports_have_no_code_and_load_nothing_remote(pipeline_run):
     assert "features_avg_seg10_alpha1_0.csv" in extract_html
     assert "RANDOM weights" in extract_html
     assert extract_html.count("Plotly.newPlot") >= 1
+
+
+def test_markdown_safe_escapes_user_strings_outside_code():
+    from synapse_nb.notebook import markdown_safe
+
+    out = markdown_safe("weights <script>alert(1)</script> in `a<b>.pt` **bold**")
+    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert "`a<b>.pt`" in out and "**bold**" in out
