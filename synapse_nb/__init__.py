@@ -15,7 +15,7 @@ __all__ = ["say", "setup", "__version__"]
 
 _SUBMODULES = {
     "atomic", "config", "cubes", "demo", "extract", "io", "labels", "model", "notebook",
-    "plots", "progress", "report", "runner", "runs", "reduce", "cluster", "compare", "maps", "export",
+    "gallery", "plots", "progress", "report", "runner", "runs", "reduce", "cluster", "compare", "maps", "export",
 }
 
 

@@ -24,12 +24,15 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .progress import progress
+
+if TYPE_CHECKING:
+    from .config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -510,3 +513,38 @@ def contingency(labels: np.ndarray, truth: Sequence | pd.Series) -> pd.DataFrame
         pd.Series(cluster_names(labels), name=CLUSTER_COLUMN),
         pd.Series(np.asarray(truth, dtype=object), name="truth").astype(str),
     )
+
+
+# --------------------------------------------------------------------------------------
+# pipeline step (notebook 04)
+# --------------------------------------------------------------------------------------
+def cluster_from_config(X: np.ndarray, cfg: "Config") -> ClusterResult:
+    """:func:`cluster` with the method, k (0 = choose) and k range of ``cfg``."""
+    return cluster(X, method=cfg.clustering_method, k=cfg.n_clusters or None, k_range=(cfg.k_min, cfg.k_max), seed=cfg.seed)
+
+
+def stability_from_config(X: np.ndarray, result: ClusterResult, cfg: "Config") -> pd.DataFrame:
+    """Subsample stability of the chosen clustering (and of the other k when k was chosen)."""
+    k_range = (cfg.k_min, cfg.k_max) if not cfg.n_clusters and result.method != "hdbscan" else None
+    return stability(X, result.method, result.k, n_boot=cfg.n_bootstrap, seed=cfg.seed, k_range=k_range)
+
+
+def truth_or(df: pd.DataFrame, column: str, fallback: str = "bbox") -> str:
+    """The ground-truth column when the data has one, else ``fallback`` (real data has none)."""
+    return column if column and column in df.columns and df[column].notna().any() else fallback
+
+
+def agreement_table(df: pd.DataFrame, labels: np.ndarray, truth_column: str) -> pd.DataFrame:
+    """ARI / NMI of the clustering against ground truth as a one-row table (empty without truth)."""
+    if truth_or(df, truth_column, "") == "":
+        return pd.DataFrame(columns=["truth", "ari", "nmi", "n", "n_clusters", "n_classes"])
+    return pd.DataFrame([{"truth": truth_column, **agreement(labels, df[truth_column])}])
+
+
+def clusters_table(df: pd.DataFrame, result: ClusterResult) -> pd.DataFrame:
+    """One row per synapse: identity and cluster (what later notebooks join on)."""
+    ident = [c for c in ("bbox", "Var1") if c in df.columns]
+    out = df[ident].reset_index(drop=True).copy()
+    out[CLUSTER_COLUMN] = result.categorical().astype(str).to_numpy()
+    out["cluster_label"] = result.labels
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import atomic
 from . import labels as L
@@ -57,12 +57,30 @@ class Config(BaseModel):
     precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is faster on CPUs that have it")
     seed: int = Field(42, ge=0, description="seed for weights, sampling and embeddings")
 
+    # --- reduction and clustering (SPEC 6) ---
+    pca_components: int = Field(50, ge=0, description="PCA components before UMAP/t-SNE/clustering; 0 = no PCA")
+    n_neighbors: int = Field(15, ge=2, description="UMAP neighbours (capped below the number of synapses)")
+    min_dist: float = Field(0.1, ge=0.0, le=1.0, description="UMAP minimum distance")
+    umap_metric: Literal["euclidean", "cosine", "correlation", "manhattan"] = Field("euclidean", description="UMAP metric")
+    perplexity: float = Field(30.0, gt=0.0, description="t-SNE perplexity (lowered for few synapses)")
+    clustering_method: Literal["kmeans", "gmm", "hdbscan", "ward"] = Field("kmeans", description="clustering algorithm")
+    n_clusters: int = Field(0, ge=0, description="number of clusters; 0 = choose (silhouette, BIC for gmm)")
+    k_min: int = Field(2, ge=2, description="smallest k tried when choosing")
+    k_max: int = Field(10, ge=2, description="largest k tried when choosing")
+    n_bootstrap: int = Field(20, ge=1, le=1000, description="subsample refits for cluster stability")
+
     @field_validator("cube_size")
     @classmethod
     def _multiple_of_16(cls, v: int) -> int:
         if v % 16:
             raise ValueError("must be a multiple of 16 (the network halves it four times)")
         return v
+
+    @model_validator(mode="after")
+    def _k_range(self) -> "Config":
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be at least k_min ({self.k_min})")
+        return self
 
     @field_validator("bboxes")
     @classmethod
@@ -108,8 +126,10 @@ class Config(BaseModel):
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
+        key = ".".join(str(p) for p in err["loc"])
+        if not key:
+            lines.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             lines.append(f"unknown parameter '{key}'; known parameters: {', '.join(Config.model_fields)}")
         else:
             lines.append(f"parameter '{key}': {err['msg']} (got {err.get('input')!r})")

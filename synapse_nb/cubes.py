@@ -102,6 +102,8 @@ MORPHOMETRIC_VOXEL_KEYS = (
     "post_volume_vox",
     "mito_near_pre_volume_vox",
 )
+#: Vesicle-cloud and cleft sizes in physical units: what SPEC 9 relates to clusters.
+SIZE_COLUMNS = ("vesicle_volume_nm3", "cleft_volume_nm3", "cleft_area_nm2")
 _PHYSICAL_NAMES = {
     "vesicle_volume_vox": "vesicle_volume_nm3",
     "cleft_volume_vox": "cleft_volume_nm3",

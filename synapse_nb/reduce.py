@@ -29,12 +29,15 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .progress import progress
+
+if TYPE_CHECKING:
+    from .config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -452,3 +455,32 @@ def reduce_features(
     out.attrs["reduce"] = info
     logger.info("reduce_features: %d synapses, %s", n, ", ".join(f"{k} {v:.1f}s" for k, v in timer.timings.items()))
     return out
+
+
+# --------------------------------------------------------------------------------------
+# pipeline step (notebook 03)
+# --------------------------------------------------------------------------------------
+def reduce_from_config(df: pd.DataFrame, cfg: "Config") -> pd.DataFrame:
+    """:func:`reduce_features` with the parameters of ``cfg`` (``pca_components`` 0 = no PCA)."""
+    return reduce_features(
+        df,
+        pca_components=cfg.pca_components or None,
+        n_neighbors=cfg.n_neighbors,
+        min_dist=cfg.min_dist,
+        metric=cfg.umap_metric,
+        perplexity=cfg.perplexity,
+        seed=cfg.seed,
+    )
+
+
+def summary(emb: pd.DataFrame) -> str:
+    """One sentence on what the reduction did (sizes, PCA variance kept, t-SNE sampling)."""
+    info = emb.attrs.get("reduce", {})
+    evr = info.get("explained_variance_ratio") or []
+    parts = [f"{info.get('n_synapses', len(emb))} synapses x {info.get('n_features', '?')} features standardised"]
+    if info.get("n_pca"):
+        parts.append(f"PCA to {info['n_pca']} components keeping {100 * sum(evr):.1f}% of the variance")
+    timings = info.get("timings", {})
+    if timings:
+        parts.append("time " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    return "; ".join(parts) + "."

@@ -79,6 +79,12 @@ class Run:
                 df.to_csv(tmp, index=False)
         return path
 
+    def read_table(self, name: str, step: str) -> "pd.DataFrame":
+        """Read a table an earlier ``step`` wrote; a clear error if that step has not run."""
+        import pandas as pd
+
+        return pd.read_parquet(self.require(self.table(name), step))
+
     def require(self, path: Path, step: str) -> Path:
         """Fail clearly when an earlier step's output is missing."""
         if not path.exists():

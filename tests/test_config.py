@@ -88,3 +88,8 @@ def test_seed_label_table():
     assert L.label_ids_for("bbox5") == L.label_ids_for("bbox2")
     assert L.mask_folder_name("bbox3") == "bbox_3"
     assert L.mask_folder_name("sample") == "sample"
+
+
+def test_k_range_checked_across_keys():
+    with pytest.raises(C.ConfigError, match=r"k_max \(3\) must be at least k_min \(5\)"):
+        C.make_config({"k_min": 5, "k_max": 3})
