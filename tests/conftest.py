@@ -15,7 +15,7 @@ def tiny_demo(tmp_path_factory) -> Path:
     from synapse_nb.demo import DemoSpec, make_demo_dataset
 
     out = tmp_path_factory.mktemp("demo")
-    make_demo_dataset(out, DemoSpec(n_bboxes=2, shape=(64, 112, 112), synapses_per_bbox=4, seed=3), progress=False)
+    make_demo_dataset(out, DemoSpec(n_bboxes=2, shape=(96, 160, 160), synapses_per_bbox=6, seed=3), progress=False)
     return out
 
 

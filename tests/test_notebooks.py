@@ -65,7 +65,7 @@ def test_plan_splits_parameters_per_notebook(tiny_params):
 
 
 def test_select_steps():
-    assert runner.select_steps(start="02_extract") == ["02_extract"]
+    assert runner.select_steps(start="02_extract") == ["02_extract", "03_reduce", "04_cluster"]
     assert runner.select_steps(only=["01_load"]) == ["01_load"]
     with pytest.raises(runner.RunnerError, match="unknown step"):
         runner.select_steps(only=["09_nope"])
@@ -109,6 +109,17 @@ def test_pipeline_run_writes_everything(pipeline_run):
     csv = run.tables_dir / "features_avg_seg10_alpha1_0.csv"
     assert csv.is_file() and len(pd.read_csv(csv)) == len(features)
     assert (run.tables_dir / "skipped.csv").is_file()
+    emb = pd.read_parquet(run.table("embeddings"))
+    assert len(emb) == len(features)
+    assert {"umap_1", "umap_2", "tsne_1", "umap3d_3", "pca_1"} <= set(emb.columns)
+    clusters = pd.read_csv(run.tables_dir / "clusters.csv")
+    assert list(clusters["Var1"]) == list(features["Var1"]) and clusters["cluster"].nunique() >= 2
+    agreement = pd.read_parquet(run.table("agreement"))
+    assert agreement.loc[0, "truth"] == "synapse_class" and -1 <= agreement.loc[0, "ari"] <= 1
+    import anndata
+
+    adata = anndata.read_h5ad(run.path / "synapses.h5ad")
+    assert adata.shape == (len(features), 192) and adata.obsm["X_umap"].shape == (len(features), 2)
     for step in runner.PIPELINE:
         executed = nbformat.read(str(run.notebooks_dir / f"{step}.ipynb"), as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
@@ -127,6 +138,9 @@ def test_html_reports_have_no_code_and_load_nothing_remote(pipeline_run):
         assert "import synapse_nb" not in html
         assert not re.search(r"<script[^>]+src=[\"']https?://", html), "no script from the internet"
         assert "<img" in html or "plotly" in html
+    cluster_html = result.steps[3].html.read_text()
+    assert "data:image/gif;base64," in cluster_html, "cluster GIFs embedded inline"
+    assert cluster_html.count("Plotly.newPlot") >= 6
     extract_html = result.steps[1].html.read_text()
     assert "features_avg_seg10_alpha1_0.csv" in extract_html
     assert "RANDOM weights" in extract_html
