@@ -30,3 +30,13 @@ def tiny_params(tiny_demo: Path) -> dict:
         "cube_size": 32,
         "batch_size": 4,
     }
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tiny_params, tmp_path_factory):
+    """One papermill run of every pipeline notebook on the tiny demo (shared by the tests)."""
+    from synapse_nb import runner
+
+    base = tmp_path_factory.mktemp("pipeline")
+    result = runner.run_pipeline({**tiny_params, "n_preview": 2}, runs_root=base / "runs", reports_root=base / "reports")
+    return result, base

@@ -86,13 +86,6 @@ def test_kernel_runs_in_runner_environment(tmp_path: Path):
     assert prefix == sys.prefix
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tiny_params, tmp_path_factory):
-    base = tmp_path_factory.mktemp("pipeline")
-    result = runner.run_pipeline({**tiny_params, "n_preview": 2}, runs_root=base / "runs", reports_root=base / "reports")
-    return result, base
-
-
 @pytest.mark.notebooks
 def test_pipeline_run_writes_everything(pipeline_run):
     result, base = pipeline_run
