@@ -1,4 +1,4 @@
-"""Command line: ``python -m synapse_nb demo-data`` and ``python -m synapse_nb run <yaml>``."""
+"""Command line: ``python -m synapse_nb demo-data | run <yaml> | sweep <yaml>``."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    summary = run_sweep(args.spec, sweep_dir=args.sweep_dir, only=args.only, start=args.start)
+    cols = [c for c in ("combination", "status", "seconds", "k", "silhouette", "ari", "error") if c in summary.columns]
+    logger.info("sweep summary:\n%s", summary[cols].to_string(index=False))
+    failed = int((summary["status"] != "ok").sum())
+    if failed:
+        logger.error("%d of %d combinations failed", failed, len(summary))
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synapse_nb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--only", nargs="+", default=None, help="run only these steps (e.g. 01_load)")
     run.add_argument("--from", dest="start", default=None, help="run from this step on")
     run.set_defaults(func=_run)
+    sweep = sub.add_parser("sweep", help="run every combination of a sweep file (base + grid)")
+    sweep.add_argument("spec", help="sweep YAML, e.g. parameters/sweep_segtypes.yaml")
+    sweep.add_argument("--sweep-dir", default=None, help="resume this sweep directory (finished combinations are kept)")
+    sweep.add_argument("--only", nargs="+", default=None, help="run only these steps")
+    sweep.add_argument("--from", dest="start", default=None, help="run from this step on")
+    sweep.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from .config import ConfigError

@@ -21,6 +21,7 @@ and is kept as its own group named ``"noise"``.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +33,10 @@ import pandas as pd
 from .progress import progress
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .config import Config
+    from .runs import Run
 
 logger = logging.getLogger(__name__)
 
@@ -548,3 +552,19 @@ def clusters_table(df: pd.DataFrame, result: ClusterResult) -> pd.DataFrame:
     out[CLUSTER_COLUMN] = result.categorical().astype(str).to_numpy()
     out["cluster_label"] = result.labels
     return out
+
+
+def save_outputs(run: "Run", features: pd.DataFrame, emb: pd.DataFrame, result: ClusterResult,
+                 stab: pd.DataFrame, agreement_df: pd.DataFrame, cfg: "Config") -> dict[str, "Path"]:
+    """Write what later notebooks and sweeps read: clusters, stability, agreement, quality, AnnData."""
+    from . import atomic, export
+
+    paths = {
+        "clusters": run.write_table(clusters_table(features, result), "clusters", csv=True),
+        "stability": run.write_table(stab, "stability"),
+        "agreement": run.write_table(agreement_df, "agreement"),
+    }
+    quality = {"method": result.method, "k": int(result.k), "silhouette": round(float(result.info.get("silhouette", float("nan"))), 3)}
+    paths["quality"] = atomic.write_text(run.tables_dir / "cluster_quality.json", json.dumps(quality, indent=2))
+    paths["h5ad"] = export.to_anndata(features, emb, result, run.path / "synapses.h5ad", params=cfg.to_dict())
+    return paths

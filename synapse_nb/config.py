@@ -56,6 +56,7 @@ class Config(BaseModel):
     batch_size: int = Field(8, ge=1, le=512, description="cubes per network batch")
     precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is faster on CPUs that have it")
     seed: int = Field(42, ge=0, description="seed for weights, sampling and embeddings")
+    cache_dir: str = Field("runs/cache", description="reuse cubes and features across runs here; empty = no reuse")
 
     # --- reduction and clustering (SPEC 6) ---
     pca_components: int = Field(50, ge=0, description="PCA components before UMAP/t-SNE/clustering; 0 = no PCA")

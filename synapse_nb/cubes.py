@@ -86,6 +86,7 @@ from .progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from .config import Config
+    from .runs import Run
 
 logger = logging.getLogger(__name__)
 
@@ -978,3 +979,24 @@ def geometry_from_config(cfg: "Config") -> CubeGeometry:
 def build_from_config(bboxes: Sequence[BboxData], cfg: "Config", progress: bool = True) -> CubeSet:
     """:func:`build_cubes` with the geometry and voxel size of ``cfg``."""
     return build_cubes(bboxes, geometry_from_config(cfg), cfg.voxel_size_nm, progress=progress)
+
+
+def build_or_reuse(bboxes: Sequence[BboxData], cfg: "Config", run: "Run", progress: bool = True) -> CubeSet:
+    """Cubes for ``cfg``: reused from the cache when the parameters that decide them are
+    unchanged, built (and cached) otherwise; the run's ``cubes`` folder points at them."""
+    from . import cache
+
+    target = cache.stage_dir(cfg, "cubes")
+    if target is None:
+        cubes = build_from_config(bboxes, cfg, progress=progress)
+        cubes.save(run.cubes_dir)
+        return cubes
+    hit = (target / "meta.json").is_file()
+    if hit:
+        cubes = CubeSet.load(target)
+    else:
+        cubes = build_from_config(bboxes, cfg, progress=progress)
+        cubes.save(target)
+    cache.link_into_run(target, run.cubes_dir)
+    cache.record(run, "cubes", target.name, hit)
+    return cubes

@@ -376,3 +376,30 @@ def save_result(result: FeatureResult, run: "Run") -> dict[str, Path]:
         json.dumps({"description": result.description, "seed_name": result.seed_name, "seconds": result.seconds}, indent=2),
     )
     return paths
+
+
+def extract_or_reuse(cubes: "CubeSet", model: VGG3D, info: ModelInfo, cfg: "Config", run: "Run") -> FeatureResult:
+    """:func:`extract_from_config`, or the cached result when every parameter that decides
+    the features (and the cubes) is unchanged. Records the hit or miss in the run."""
+    from . import cache
+
+    target = cache.stage_dir(cfg, "features")
+    if target is not None and (target / "meta.json").is_file():
+        meta = json.loads((target / "meta.json").read_text())
+        result = FeatureResult(
+            pd.read_parquet(target / FEATURES_PARQUET), pd.read_parquet(target / "skipped.parquet"),
+            meta["seed_name"], meta["description"], meta["seconds"],
+        )
+        cache.record(run, "features", target.name, True)
+        return result
+    result = extract_from_config(cubes, model, info, cfg)
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target / FEATURES_PARQUET) as tmp:
+            result.features.to_parquet(tmp, index=False)
+        with atomic_path(target / "skipped.parquet") as tmp:
+            result.skipped.to_parquet(tmp, index=False)
+        meta = {"seed_name": result.seed_name, "description": result.description, "seconds": result.seconds}
+        atomic_write_text(target / "meta.json", json.dumps(meta, indent=2))  # written last: marks the entry complete
+        cache.record(run, "features", target.name, False)
+    return result

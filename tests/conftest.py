@@ -20,7 +20,7 @@ def tiny_demo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_params(tiny_demo: Path) -> dict:
+def tiny_params(tiny_demo: Path, tmp_path_factory) -> dict:
     """Parameters that point the pipeline at the tiny demo with small cubes."""
     return {
         "raw_dir": str(tiny_demo / "raw"),
@@ -29,6 +29,7 @@ def tiny_params(tiny_demo: Path) -> dict:
         "table_dir": str(tiny_demo / "tables"),
         "cube_size": 32,
         "batch_size": 4,
+        "cache_dir": str(tmp_path_factory.mktemp("cache")),
     }
 
 

@@ -1,0 +1,93 @@
+"""Reuse expensive upstream work (cubes, features) when its inputs are unchanged.
+
+A stage's result is stored under ``<cache_dir>/<stage>/<key>`` where the key is a content
+hash of exactly the parameters that decide it, so a sweep over segmentation types x alphas
+builds the cubes once, and a rerun with the same parameters extracts nothing again. Each run
+records what it reused in ``cache.json`` (the proof of a hit, independent of wall time).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import atomic
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .runs import Run
+
+logger = logging.getLogger(__name__)
+
+#: Parameters that decide the cube store (raw + structure bits per synapse).
+CUBE_KEYS: tuple[str, ...] = (
+    "raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "voxel_size_nm", "label_table",
+    "cube_size", "crop_mode", "presynapse_weight",
+)
+#: Parameters that decide the features, on top of the cubes (batch size does not).
+FEATURE_KEYS: tuple[str, ...] = CUBE_KEYS + (
+    "segmentation_type", "alpha", "gray_value", "quantize_8bit", "second_minmax", "input_range",
+    "weights_path", "extraction_method", "layer_num", "pooling_method", "precision", "seed",
+)
+STAGE_KEYS = {"cubes": CUBE_KEYS, "features": FEATURE_KEYS}
+RECORD_NAME = "cache.json"
+
+
+def _file_stamp(path: str) -> Any:
+    """Size and mtime of a file, so a changed checkpoint or table invalidates the key."""
+    p = Path(path)
+    if not path or not p.exists():
+        return None
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+    tables = sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else []
+    return [[q.name, q.stat().st_size, q.stat().st_mtime_ns] for q in tables]
+
+
+def content_key(cfg: "Config", keys: Sequence[str]) -> str:
+    """Hash of the named parameters (plus the weights file and synapse tables as found on disk)."""
+    values = {k: getattr(cfg, k) for k in keys}
+    if "weights_path" in keys:
+        values["weights_file"] = _file_stamp(cfg.weights_path)
+    if "table_dir" in keys:
+        values["tables"] = _file_stamp(cfg.table_dir)
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stage_dir(cfg: "Config", stage: str) -> Path | None:
+    """Where ``stage``'s result for ``cfg`` lives in the cache (None when caching is off)."""
+    if not cfg.cache_dir:
+        return None
+    return Path(cfg.cache_dir) / stage / content_key(cfg, STAGE_KEYS[stage])
+
+
+def link_into_run(target: Path, link: Path) -> Path:
+    """Make ``link`` (inside a run) point at a cache entry, replacing an older link."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    rel = os.path.relpath(target.resolve(), link.parent.resolve())
+    tmp = link.with_name(f".{link.name}.tmp-link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(rel, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
+def record(run: "Run", stage: str, key: str | None, hit: bool) -> None:
+    """Note in the run whether ``stage`` was reused (``hit``) or computed."""
+    path = run.path / RECORD_NAME
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[stage] = {"key": key, "hit": hit}
+    atomic.write_text(path, json.dumps(data, indent=2))
+    logger.info("%s %s (cache key %s)", stage, "reused from cache" if hit else "computed", key)
+
+
+def read_record(run_path: str | Path) -> dict[str, Any]:
+    path = Path(run_path) / RECORD_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,184 @@
+"""Parameter sweeps: a base parameter set and a grid, every combination run (SPEC 10).
+
+Each combination gets its own run directory named from its parameters inside the sweep
+directory. A failing combination is recorded and the others go on; a combination whose run
+finished is not run again when the sweep is resumed; cubes and features shared between
+combinations come from the cache (synapse_nb.cache), so a segmentation-type x alpha sweep
+builds its cubes once.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from . import atomic
+from . import config as C
+from .progress import progress
+from .runner import RunnerError, plan_parameters, run_pipeline, select_steps
+
+logger = logging.getLogger(__name__)
+
+SWEEP_PREFIX = "sweep_"
+STATUS_NAME = "status.json"
+SUMMARY_NAME = "summary.csv"
+SPEC_KEYS = ("base", "grid")
+
+
+@dataclass(frozen=True)
+class Combination:
+    name: str
+    params: dict[str, Any]  # the grid values of this combination
+    values: dict[str, Any]  # base + grid values: what the run gets
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """Read and check a sweep YAML (``base`` mapping, ``grid`` mapping of lists)."""
+    data = C.read_yaml(path)
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    if unknown:
+        raise C.ConfigError(f"{path}: unknown top-level key(s) {unknown}; a sweep file has only 'base' and 'grid'")
+    base, grid = data.get("base") or {}, data.get("grid") or {}
+    if not isinstance(base, dict) or not isinstance(grid, dict):
+        raise C.ConfigError(f"{path}: 'base' and 'grid' must be mappings")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise C.ConfigError(f"{path}: grid key '{key}' must be a non-empty list of values")
+    return {"base": base, "grid": grid}
+
+
+def _token(value: Any) -> str:
+    text = str(value).replace(".", "_")
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
+
+
+def combination_name(params: Mapping[str, Any]) -> str:
+    """A folder name from the grid values, e.g. ``segmentation_type5__alpha0_5``."""
+    return "__".join(f"{k}{_token(v)}" for k, v in params.items()) or "base"
+
+
+def expand(spec: Mapping[str, Any]) -> list[Combination]:
+    """Every combination of the grid on top of the base, in grid order."""
+    grid = spec["grid"]
+    keys = list(grid)
+    combos = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values))
+        combos.append(Combination(combination_name(params), params, {**spec["base"], **params}))
+    return combos
+
+
+def validate(combos: list[Combination], steps: list[str], source: str) -> None:
+    """Check every combination before anything runs; errors name the key and the combination."""
+    for combo in combos:
+        try:
+            plan_parameters(combo.values, steps, source=f"{source} (combination {combo.name})")
+        except C.ConfigError as exc:
+            raise C.ConfigError(str(exc)) from None
+
+
+def _status(run_path: Path) -> dict[str, Any]:
+    path = run_path / STATUS_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_sweep(
+    spec_path: str | Path,
+    sweep_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    reports_root: str | Path | None = "reports",
+    only: list[str] | None = None,
+    start: str | None = None,
+) -> pd.DataFrame:
+    """Run every combination; returns the summary table (also written as ``summary.csv``).
+
+    Passing an existing ``sweep_dir`` resumes it: combinations that finished are kept as
+    they are and only the others run.
+    """
+    spec = read_spec(spec_path)
+    combos = expand(spec)
+    steps = select_steps(only, start)
+    validate(combos, steps, str(spec_path))
+    if sweep_dir is None:
+        sweep_dir = Path(runs_root) / f"{SWEEP_PREFIX}{datetime.now():%Y%m%d_%H%M%S}"
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(sweep_dir / "sweep.yaml", Path(spec_path).read_text())
+    logger.info("sweep %s: %d combinations x steps %s", sweep_dir, len(combos), ", ".join(steps))
+    rows = []
+    bar = progress(combos, desc="sweep", unit="combination", file=sys.stderr)
+    for combo in bar:
+        bar.set_postfix_str(combo.name)
+        run_path = sweep_dir / combo.name
+        done = _status(run_path)
+        if done.get("status") == "ok" and done.get("steps") == steps:
+            logger.info("combination %s finished earlier: kept", combo.name)
+            rows.append({**done["row"], "reused_run": True})
+            continue
+        t0 = time.perf_counter()
+        status, error = "ok", ""
+        try:
+            run_pipeline(combo.values, run_dir=run_path, reports_root=None, only=only, start=start)
+        except (RunnerError, C.ConfigError, OSError) as exc:
+            status, error = "failed", str(exc)
+            logger.error("combination %s failed: %s", combo.name, exc)
+        row = {"combination": combo.name, **combo.params, "status": status, "seconds": round(time.perf_counter() - t0, 1), "error": error}
+        row.update(run_metrics(run_path))
+        atomic.write_text(run_path / STATUS_NAME, json.dumps({"status": status, "steps": steps, "row": row}, indent=2, default=str))
+        rows.append({**row, "reused_run": False})
+    summary = pd.DataFrame(rows)
+    with atomic.atomic_path(sweep_dir / SUMMARY_NAME) as tmp:
+        summary.to_csv(tmp, index=False)
+    from .report import sweep_index
+
+    sweep_index(sweep_dir, summary, spec)
+    if reports_root is not None:
+        publish_sweep(sweep_dir, Path(reports_root))
+    return summary
+
+
+def run_metrics(run_path: Path) -> dict[str, Any]:
+    """Comparable numbers of one finished run: synapses, k, silhouette, ARI/NMI where known."""
+    out: dict[str, Any] = {}
+    tables = run_path / "tables"
+    if (tables / "features.parquet").is_file():
+        out["synapses"] = len(pd.read_parquet(tables / "features.parquet", columns=["Var1"]))
+    if (tables / "clusters.parquet").is_file():
+        clusters = pd.read_parquet(tables / "clusters.parquet")
+        sizes = clusters["cluster"].value_counts().sort_index()
+        out["k"] = int((sizes.index != "noise").sum())
+        out["cluster_sizes"] = " ".join(f"{k}:{v}" for k, v in sizes.items())
+    if (tables / "cluster_quality.json").is_file():
+        out.update(json.loads((tables / "cluster_quality.json").read_text()))
+    if (tables / "agreement.parquet").is_file():
+        agreement = pd.read_parquet(tables / "agreement.parquet")
+        if len(agreement):
+            out["ari"] = round(float(agreement.loc[0, "ari"]), 3)
+            out["nmi"] = round(float(agreement.loc[0, "nmi"]), 3)
+    return out
+
+
+def publish_sweep(sweep_dir: Path, reports_root: Path) -> Path:
+    """Copy the sweep's index and every combination's HTML under ``reports/<sweep name>/``."""
+    import shutil
+
+    target = reports_root / sweep_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for html in sweep_dir.glob("*.html"):
+        shutil.copy2(html, target / html.name)
+    for run_html in sweep_dir.glob("*/html"):
+        dest = target / run_html.parent.name / "html"
+        dest.mkdir(parents=True, exist_ok=True)
+        for page in run_html.glob("*.html"):
+            shutil.copy2(page, dest / page.name)
+    return target
+
