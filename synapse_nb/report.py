@@ -4,11 +4,16 @@ from __future__ import annotations
 import html
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 
 from . import atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +111,83 @@ Grid: {_cell(spec.get('grid'))}</p>
 {''.join(sections)}
 </body></html>"""
     return atomic.write_text(sweep_dir / "index.html", page)
+
+
+# --------------------------------------------------------------------------------------
+# run summary (notebook 07)
+# --------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """Everything 07_report shows about one run, read back from the run directory."""
+
+    run_path: Path
+    parameters: "pd.DataFrame"
+    data: "pd.DataFrame"
+    clusters: "pd.DataFrame"
+    skipped: "pd.DataFrame"
+    frame: "pd.DataFrame"
+    quality: dict
+    agreement: dict
+    extraction: str
+    warnings: list[str]
+
+    def headline(self) -> str:
+        n = len(self.frame)
+        text = f"**{n} synapses** from {self.data['bbox'].nunique() if len(self.data) else 0} bboxes"
+        if self.quality:
+            text += f"; **{self.quality.get('k')} clusters** by {self.quality.get('method')} (silhouette {self.quality.get('silhouette')})"
+        if self.agreement:
+            text += f"; against `{self.agreement.get('truth')}`: ARI {self.agreement['ari']:.3f}, NMI {self.agreement['nmi']:.3f}"
+        return text + "."
+
+    def warnings_markdown(self) -> str:
+        return "\n".join(f"- ⚠ {w}" for w in self.warnings) if self.warnings else "No warnings."
+
+    def links_markdown(self) -> str:
+        pages = sorted(p.name for p in (self.run_path / "html").glob("*.html") if p.stem != "07_report")
+        return " · ".join(f"[{Path(p).stem}]({p})" for p in pages) or "No other report exported yet."
+
+
+def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> RunSummary:
+    """Collect a run's parameters, data counts, clusters, skipped synapses and warnings."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from . import maps
+
+    run_path = Path(run_path)
+    tables = run_path / "tables"
+
+    def table(name: str) -> pd.DataFrame:
+        path = tables / f"{name}.parquet"
+        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+    params = yaml.safe_load((run_path / "params.yaml").read_text()) if (run_path / "params.yaml").is_file() else {}
+    features, emb, clusters = table("features"), table("embeddings"), table("clusters")
+    skipped = pd.concat([table("skipped").assign(step="01_load"), table("skipped_features").assign(step="02_extract")], ignore_index=True)
+    extraction = json.loads((tables / "extraction.json").read_text())["description"] if (tables / "extraction.json").is_file() else ""
+    quality = json.loads((tables / "cluster_quality.json").read_text()) if (tables / "cluster_quality.json").is_file() else {}
+    agreement_df = table("agreement")
+    agreement = agreement_df.iloc[0].to_dict() if len(agreement_df) else {}
+    labels = clusters["cluster_label"].to_numpy() if len(clusters) == len(features) and len(features) else None
+    frame = maps.analysis_frame(features, emb if len(emb) == len(features) else None, labels) if len(features) else pd.DataFrame()
+    data = pd.DataFrame(columns=["bbox", "synapses", "skipped"])
+    if len(features):
+        built = features.groupby("bbox").size().rename("synapses")
+        lost = skipped.groupby("bbox").size().rename("skipped") if len(skipped) else pd.Series(dtype=int, name="skipped")
+        data = pd.concat([built, lost], axis=1).fillna(0).astype(int).rename_axis("bbox").reset_index()
+    cluster_table = pd.DataFrame()
+    if "cluster" in frame.columns:
+        size_cols = [c for c in ("vesicle_volume_nm3", "cleft_volume_nm3", "cleft_area_nm2") if c in frame.columns]
+        cluster_table = frame.groupby("cluster", observed=True).agg(synapses=("Var1", "size"), **{f"median {c}": (c, "median") for c in size_cols}).reset_index()
+    warnings_list = []
+    if "RANDOM weights" in extraction:
+        warnings_list.append("The network used RANDOM weights (no checkpoint): features describe texture, not a trained representation.")
+    if len(skipped):
+        warnings_list.append(f"{len(skipped)} synapses were skipped (listed below with their reasons).")
+    if "ambiguous" in features.columns and features["ambiguous"].any():
+        warnings_list.append(f"{int(features['ambiguous'].sum())} synapses have an ambiguous pre/post decision.")
+    param_table = pd.DataFrame({"parameter": list(params), "value": [str(v) for v in params.values()]})
+    return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction, warnings_list)

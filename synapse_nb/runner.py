@@ -23,7 +23,7 @@ from .runs import Run, new_run
 logger = logging.getLogger(__name__)
 
 #: Pipeline order. Each name is a notebook ``notebooks/<name>.ipynb``.
-PIPELINE: tuple[str, ...] = ("01_load", "02_extract", "03_reduce", "04_cluster")
+PIPELINE: tuple[str, ...] = ("01_load", "02_extract", "03_reduce", "04_cluster", "07_report")
 KERNEL_NAME = "python3"
 RUNNER_KEYS = ("run_dir",)  # injected by the runner, never taken from YAML
 _PY_TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
