@@ -75,7 +75,7 @@ class PageReport:
 
 
 def _browser_or_skip():
-    """Launch Debian's chromium; missing browser skips locally but fails on CI."""
+    """The playwright API if Debian's chromium is there; a missing browser skips locally, fails on CI."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} not found (install Debian's chromium: apt-get install chromium)"
         if os.environ.get("CI"):
