@@ -142,7 +142,7 @@ def _points(df, x, y, z, color, hover_cols, size_col, title, gl, sample_note):
         trace_cls = go.Scatter3d
     else:
         trace_cls = go.Scattergl if (gl if gl is not None else len(df) > SCATTERGL_MIN_N) else go.Scatter
-    sizes = _marker_sizes(df[size_col]) if size_col else np.full(len(df), 3.0 if three_d else 6.0)
+    sizes = _marker_sizes(df[size_col]) if size_col else np.full(len(df), 5.0 if three_d else 6.0)
     if len(df) > SCATTERGL_MIN_N and not size_col:
         sizes = sizes * 0.6
 
@@ -393,3 +393,10 @@ def contingency_figure(labels: np.ndarray, truth: Sequence | pd.Series, title: s
                       xaxis_title="ground-truth class", yaxis_title="cluster", yaxis_autorange="reversed",
                       height=120 + 40 * len(table), template="plotly_white")
     return fig
+
+
+def selection_figure(table: pd.DataFrame | None) -> "go.Figure":
+    """How k was chosen: the BIC curve for a Gaussian mixture, elbow and silhouette otherwise."""
+    if table is not None and "bic" in table and table["bic"].notna().any():
+        return bic_figure(table)
+    return k_selection_figure(table)

@@ -120,3 +120,14 @@ def test_explained_variance_and_distributions_and_contingency():
     assert len(vio.data) == 3 and all(isinstance(t, go.Violin) for t in vio.data)
     cont = M.contingency_figure(np.array([0, 0, 1, 1]), ["a", "a", "b", "b"])
     assert isinstance(cont.data[0], go.Heatmap) and "ARI 1.000" in cont.layout.title.text
+
+
+def test_selection_figure_follows_the_criterion():
+    import pandas as pd
+
+    from synapse_nb import maps
+
+    km = pd.DataFrame({"k": [2, 3], "inertia": [5.0, 3.0], "silhouette": [0.4, 0.6], "bic": [float("nan")] * 2, "chosen": [False, True]})
+    gm = km.assign(bic=[10.0, 8.0])
+    assert "silhouette" in maps.selection_figure(km).layout.annotations[1].text
+    assert "BIC" in maps.selection_figure(gm).layout.title.text
