@@ -473,6 +473,12 @@ class InferenceTrunk:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run on ``x`` (B, 1, Z, Y, X); returns a float32 tensor (B, C, z, y, x)."""
         x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
+        if self.memory_format == torch.channels_last_3d and x.shape[1] == 1:
+            # With one channel both layouts coincide and torch then treats the tensor as
+            # NCDHW, so the first conv would write NCDHW and the next one pay a 49 MB
+            # reorder. Channel stride 1 marks the (identical) memory as channels-last.
+            b, _, d, h, w = x.shape
+            x = x.as_strided(x.shape, (d * h * w, 1, h * w, w, 1))
         for op in self.ops:
             kind = op[0]
             if kind == "conv":

@@ -114,11 +114,12 @@ class Run:
         for h in pkg.handlers:
             if isinstance(h, logging.FileHandler) and h.baseFilename == target:
                 return h
-        for h in [h for h in pkg.handlers if isinstance(h, logging.FileHandler)]:
-            pkg.removeHandler(h)
+        for h in [h for h in pkg.handlers if getattr(h, "_synapse_run", False)]:
+            pkg.removeHandler(h)  # one run log at a time; other file handlers (a sweep's) stay
             h.close()
         self.path.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(target)
+        handler._synapse_run = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         pkg.addHandler(handler)
         return handler

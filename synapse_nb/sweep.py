@@ -113,6 +113,7 @@ def run_sweep(
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(sweep_dir / "sweep.yaml", Path(spec_path).read_text())
+    sweep_log = _attach_sweep_log(sweep_dir)
     logger.info("sweep %s: %d combinations x steps %s", sweep_dir, len(combos), ", ".join(steps))
     rows = []
     bar = progress(combos, desc="sweep", unit="combination", file=sys.stderr)
@@ -136,6 +137,9 @@ def run_sweep(
         atomic.write_text(run_path / STATUS_NAME, json.dumps({"status": status, "steps": steps, "row": row}, indent=2, default=str))
         rows.append({**row, "reused_run": False})
     summary = pd.DataFrame(rows)
+    logger.info("sweep %s done: %d ok, %d failed", sweep_dir, int((summary["status"] == "ok").sum()), int((summary["status"] != "ok").sum()))
+    logging.getLogger("synapse_nb").removeHandler(sweep_log)
+    sweep_log.close()
     with atomic.atomic_path(sweep_dir / SUMMARY_NAME) as tmp:
         summary.to_csv(tmp, index=False)
     from .report import sweep_index
@@ -144,6 +148,16 @@ def run_sweep(
     if reports_root is not None:
         publish_sweep(sweep_dir, Path(reports_root))
     return summary
+
+
+def _attach_sweep_log(sweep_dir: Path) -> logging.Handler:
+    """``sweep.log``: what every combination did, next to the per-run logs."""
+    pkg = logging.getLogger("synapse_nb")
+    pkg.setLevel(logging.INFO)
+    handler = logging.FileHandler(sweep_dir / "sweep.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    pkg.addHandler(handler)
+    return handler
 
 
 def run_metrics(run_path: Path) -> dict[str, Any]:

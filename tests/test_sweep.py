@@ -62,6 +62,8 @@ def test_sweep_isolates_failures_reuses_work_and_resumes(tiny_params, tmp_path):
     assert list(summary["status"]) == ["ok", "failed"]
     assert "k=50" in summary.loc[1, "error"] or "50" in summary.loc[1, "error"]
     assert summary.loc[0, "k"] == 2 and -1 <= summary.loc[0, "ari"] <= 1
+    log = (sweep_dir / "sweep.log").read_text()
+    assert "combination n_clusters50 failed" in log and "step 04_cluster ok" in log
     saved = pd.read_csv(sweep_dir / "summary.csv")
     assert list(saved["combination"]) == ["n_clusters2", "n_clusters50"]
     # the second combination reused the cubes and features of the first (cache record, not timing)
