@@ -70,8 +70,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -81,6 +79,7 @@ import pandas as pd
 from scipy import ndimage
 
 from . import labels as L
+from .atomic import atomic_dir
 from .io import BboxData, DataError
 from .progress import progress as progress_bar
 
@@ -811,9 +810,7 @@ class CubeSet:
             raise DataError(
                 f"refusing to overwrite {folder}: it exists and is not a saved cube set; choose another folder"
             )
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as tmp:
             with open(tmp / "raw.npy", "wb") as f:
                 np.save(f, np.asarray(self.raw))
             with open(tmp / "bits.npy", "wb") as f:
@@ -828,17 +825,6 @@ class CubeSet:
                 "raw_dtype": str(np.asarray(self.raw[:0]).dtype),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            old = None
-            if folder.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-                old.rmdir()
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod

@@ -58,7 +58,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,7 +67,7 @@ import pandas as pd
 import tifffile
 from scipy import ndimage as ndi
 
-from .atomic import atomic_path, write_text
+from .atomic import atomic_dir, atomic_path, write_text
 from .labels import (
     CENTER_COLUMNS,
     DEMO_CLASS_COLUMN,
@@ -828,23 +827,10 @@ def _render_bbox(spec: DemoSpec, index: int) -> tuple[np.ndarray, np.ndarray, np
 # ----------------------------------------------------------------------------------------
 def _write_stack(folder: Path, volume: np.ndarray) -> None:
     """Write one uncompressed 2-D TIFF per z slice; the folder appears complete or not at all."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        width = max(3, len(str(volume.shape[0] - 1)))
+    width = max(3, len(str(volume.shape[0] - 1)))
+    with atomic_dir(folder) as tmp:
         for z in range(volume.shape[0]):
             tifffile.imwrite(tmp / f"slice_{z:0{width}d}.tif", volume[z])
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old.{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 _LAYOUT_DIRS = ("raw", "seg", "mask", "tables")

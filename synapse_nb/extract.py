@@ -163,8 +163,12 @@ class FeatureExtractor:
         self.channels = layer_channels(self.upto) if method == "stage_specific" else TRUNK_CHANNELS
         self.dim = feature_dim(pooling, self.channels)
         self.model_info = info
-        if self.precision == "bfloat16" and not _bf16_is_native():
-            logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
+        if self.precision == "bfloat16":
+            isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+            if not _bf16_is_native():
+                logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
+            elif isa and "BF16" not in isa and "AMX" not in isa and isa not in ("ALL", "DEFAULT", "AVX10_1_512"):
+                logger.warning("bfloat16 requested but ONEDNN_MAX_CPU_ISA=%s hides the bf16 kernels: expect it to be slow", isa)
         self.trunk = InferenceTrunk(model, self.upto, _DTYPES[self.precision], channels_last=self.channels_last)
         self.last_seconds: float | None = None
 

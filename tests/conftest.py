@@ -9,6 +9,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REALDATA = PROJECT_ROOT.parent / "shared" / "realdata"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread avoids OpenMP barrier stalls when the cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """Two small bboxes in the seed layout (a few synapses each)."""
