@@ -23,7 +23,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .runner import run_pipeline
 
-    result = run_pipeline(args.params, run_dir=args.run_dir, only=args.only, start=args.start)
+    result = run_pipeline(args.params, run_dir=args.run_dir, reports_root=args.reports_dir, only=args.only, start=args.start)
     for step in result.steps:
         logger.info("%-12s %-6s %6.1f s  %s", step.notebook, step.status, step.seconds, step.html or "")
     logger.info("run directory: %s", result.run.path)
@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
-    summary = run_sweep(args.spec, sweep_dir=args.sweep_dir, only=args.only, start=args.start)
+    summary = run_sweep(args.spec, sweep_dir=args.sweep_dir, reports_root=args.reports_dir, only=args.only, start=args.start)
     cols = [c for c in ("combination", "status", "seconds", "k", "silhouette", "ari", "error") if c in summary.columns]
     logger.info("sweep summary:\n%s", summary[cols].to_string(index=False))
     failed = int((summary["status"] != "ok").sum())
@@ -57,12 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--run-dir", default=None, help="reuse this run directory instead of a new one")
     run.add_argument("--only", nargs="+", default=None, help="run only these steps (e.g. 01_load)")
     run.add_argument("--from", dest="start", default=None, help="run from this step on")
+    run.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
     run.set_defaults(func=_run)
     sweep = sub.add_parser("sweep", help="run every combination of a sweep file (base + grid)")
     sweep.add_argument("spec", help="sweep YAML, e.g. parameters/sweep_segtypes.yaml")
     sweep.add_argument("--sweep-dir", default=None, help="resume this sweep directory (finished combinations are kept)")
     sweep.add_argument("--only", nargs="+", default=None, help="run only these steps")
     sweep.add_argument("--from", dest="start", default=None, help="run from this step on")
+    sweep.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
     sweep.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

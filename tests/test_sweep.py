@@ -78,7 +78,7 @@ def test_sweep_isolates_failures_reuses_work_and_resumes(tiny_params, tmp_path):
     assert (tmp_path / "reports" / "sweep" / "index.html").is_file()
     # resume: the finished combination is kept, the failed one runs again; exit code 1
     before = (sweep_dir / "n_clusters2" / "notebooks" / "04_cluster.ipynb").stat().st_mtime_ns
-    assert main(["sweep", str(spec), "--sweep-dir", str(sweep_dir)]) == 1
+    assert main(["sweep", str(spec), "--sweep-dir", str(sweep_dir), "--reports-dir", str(tmp_path / "reports")]) == 1
     assert (sweep_dir / "n_clusters2" / "notebooks" / "04_cluster.ipynb").stat().st_mtime_ns == before
     status = json.loads((sweep_dir / "n_clusters50" / "status.json").read_text())
     assert status["status"] == "failed"
