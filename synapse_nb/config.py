@@ -53,7 +53,7 @@ class Config(BaseModel):
     extraction_method: Literal["standard", "stage_specific"] = Field("standard", description="whole trunk or one layer")
     layer_num: int = Field(20, ge=0, le=33, description="features module index for stage_specific")
     pooling_method: Literal["avg", "max", "concat_avg_max", "spp"] = Field("avg", description="spatial pooling")
-    batch_size: int = Field(8, ge=1, le=512, description="cubes per network batch")
+    batch_size: int = Field(1, ge=1, le=512, description="cubes per network batch (1 is fastest on CPU, see benchmarks)")
     precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is faster on CPUs that have it")
     seed: int = Field(42, ge=0, description="seed for weights, sampling and embeddings")
     cache_dir: str = Field("runs/cache", description="reuse cubes and features across runs here; empty = no reuse")

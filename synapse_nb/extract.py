@@ -5,6 +5,16 @@ array, or the lazy view of the cube store), so memory stays at one batch whateve
 The forward pass uses :class:`synapse_nb.model.InferenceTrunk` (BatchNorm folded, ReLU fused,
 channels-last) and stops at the requested module for ``stage_specific`` extraction.
 See ``benchmarks/bench_network.py`` for the measurements behind the defaults.
+
+Speed notes (2 Zen 4 cores, 80^3 cubes, synapses/s): the seed's setting (float32, NCDHW,
+eager BatchNorm/ReLU, batch 2) ~1.1; our float32 default ~2.5; bfloat16 ~4.7-5.0. What made the
+difference: channels-last activations (also for the 1-channel input), BatchNorm folded and
+ReLU fused into the convolutions, and no page faults on the 49 MB activation buffers
+(:func:`synapse_nb.model.reuse_large_allocations`). On AMD Zen 4 float32 reaches ~3.1 if the
+process starts with ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's AVX-512 kernels pad the 24
+channels of block 1 to 32, its AVX2 kernels do not). That variable is process-wide, must be
+set before torch's first convolution and hides the native bf16 kernels (bf16 then becomes
+very slow), so this module does not set it.
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ from .model import (
     layer_channels,
     layer_description,
     layer_downscale,
+    reuse_large_allocations,
     validate_layer,
 )
 from .progress import in_batch
@@ -54,8 +65,10 @@ SPP_LEVELS: tuple[int, ...] = (1, 2, 4)
 FEATURE_PREFIX = "feat_"
 FEATURES_PARQUET = "features.parquet"
 
-DEFAULT_BATCH_SIZE = 2
-"""Measured best on the 2-core reference machine for both precisions (bench_network.py)."""
+DEFAULT_BATCH_SIZE = 1
+"""Measured on the 2-core reference machine (bench_network.py --sweep): batch 1, 2 and 4 are
+within noise of each other for both precisions (float32 2.46/2.43/2.28, bfloat16
+4.69/4.82/4.55 synapses/s), so the smallest is used: least memory, finest progress."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -221,9 +234,8 @@ class FeatureExtractor:
         t0 = time.perf_counter()
         try:
             # read the next batch in a thread while the current one is computed (I/O overlap)
-            with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), tqdm(
-                total=n, unit="syn", desc="features", disable=not self.progress
-            ) as bar:
+            bar = tqdm(total=n, unit="syn", desc="features", disable=not self.progress)
+            with reuse_large_allocations(), ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), bar:
                 def read(s: int) -> Any:
                     return pool.submit(self._batch, cubes, s, min(s + self.batch_size, n), spatial)
 

@@ -15,14 +15,19 @@ Two design rules come from the seed's failures:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import functools
 import logging
 import operator
+import os
 import pickle
+import platform
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -465,7 +470,7 @@ class InferenceTrunk:
             elif isinstance(m, nn.ReLU):
                 self.ops.append(("relu",))
             elif isinstance(m, nn.MaxPool3d):
-                self.ops.append(("pool", m.kernel_size, m.stride, m.padding))
+                self.ops.append(("pool", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode))
             else:  # pragma: no cover - VGG3D has no other module kinds
                 raise TypeError(f"unsupported module {m!r}")
             i += 1
@@ -492,10 +497,84 @@ class InferenceTrunk:
             elif kind == "relu":
                 x = F.relu_(x)
             elif kind == "pool":
-                x = F.max_pool3d(x, op[1], op[2], op[3])
+                x = _max_pool(x, *op[1:])
             else:
                 x = op[1](x)
         return x.float()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_alloc_lock = threading.Lock()
+_alloc_depth = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc() -> Any:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        lib = ctypes.CDLL(None)
+        return lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+    except OSError:  # pragma: no cover
+        return None
+
+
+@contextlib.contextmanager
+def reuse_large_allocations() -> Iterator[bool]:
+    """Keep freed activation buffers in the heap while inside; yields whether it could.
+
+    glibc serves every allocation above 32 MB (a float32 24 x 80^3 activation is 49 MB) with
+    a fresh ``mmap``, and the kernel then zero-fills it page by page on first touch: ~48 000
+    page faults and 0.1 s of system time per synapse, a fifth of the float32 forward pass.
+    Inside this context ``mmap`` is switched off (``M_MMAP_MAX=0``) and the heap is not
+    trimmed, so the same few buffers are reused without faults (float32 2.2 -> 2.5
+    synapses/s, bf16 4.7 -> 5.1 on the reference machine). On exit the limits are restored
+    (to the values glibc's own dynamic tuning settles on: mmap above 32 MB, trim above 64 MB)
+    and the cached memory is handed back with ``malloc_trim``. Does nothing off glibc.
+    Nested and concurrent use is reference counted.
+    """
+    global _alloc_depth
+    lib = _glibc()
+    if lib is None:
+        yield False
+        return
+    with _alloc_lock:
+        if _alloc_depth == 0:
+            lib.mallopt(_M_MMAP_MAX, 0)
+            lib.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        _alloc_depth += 1
+    try:
+        yield True
+    finally:
+        with _alloc_lock:
+            _alloc_depth -= 1
+            if _alloc_depth == 0:
+                lib.mallopt(_M_MMAP_MAX, int(os.environ.get("MALLOC_MMAP_MAX_", 65536)))
+                lib.mallopt(_M_MMAP_THRESHOLD, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 32 << 20)))
+                lib.mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 64 << 20)))
+                lib.malloc_trim(0)
+
+
+def _max_pool(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode) -> torch.Tensor:
+    """MaxPool3d; the 2x2x2 case on even channels-last volumes as three pairwise maxima.
+
+    Same values as ``F.max_pool3d`` (NaN included) but ~40 % faster: it skips the index
+    bookkeeping of the ATen kernel and streams along the contiguous channel axis.
+    """
+    simple = (
+        kernel in (2, (2, 2, 2)) and stride in (2, (2, 2, 2)) and padding in (0, (0, 0, 0))
+        and dilation in (1, (1, 1, 1)) and not ceil_mode
+        and all(s % 2 == 0 for s in x.shape[2:])
+        and x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1
+    )
+    if not simple:
+        return F.max_pool3d(x, kernel, stride, padding, dilation, ceil_mode)
+    v = x.permute(0, 2, 3, 4, 1)  # (B, D, H, W, C), contiguous
+    v = torch.maximum(v[:, 0::2], v[:, 1::2])
+    v = torch.maximum(v[:, :, 0::2], v[:, :, 1::2])
+    v = torch.maximum(v[:, :, :, 0::2], v[:, :, :, 1::2])
+    return v.permute(0, 4, 1, 2, 3)
 
 
 @functools.lru_cache(maxsize=None)

@@ -302,3 +302,44 @@ def test_unfused_trunk_and_bf16_leave_model_untouched(trunk):
         assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
     with pytest.raises(ValueError):
         InferenceTrunk(trunk, None, torch.float16)
+
+
+def test_channels_last_from_the_first_conv(trunk):
+    """A 1-channel input must still yield channels-last activations (else a 49 MB reorder)."""
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            out = InferenceTrunk(trunk, 0, dtype)(torch.rand(2, 1, 16, 16, 16))
+            assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_fast_pool_matches_and_odd_sizes_fall_back(trunk):
+    """20^3 input: even volumes use the pairwise-maximum pool, 5^3 needs the ATen kernel."""
+    x = torch.rand(1, 1, 20, 20, 20)
+    with torch.inference_mode():
+        ref = trunk.forward_features(x)
+        got = InferenceTrunk(trunk)(x)
+        y = torch.rand(2, 8, 6, 4, 10).contiguous(memory_format=torch.channels_last_3d)
+        y[0, 3, 1, 1, 1] = float("nan")
+        fast = M._max_pool(y, 2, 2, 0, 1, False)
+    assert tuple(got.shape) == (1, 192, 1, 1, 1)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(fast, torch.nn.functional.max_pool3d(y, 2), equal_nan=True)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_reuse_large_allocations_avoids_page_faults():
+    resource = pytest.importorskip("resource")
+
+    def faults_of_big_alloc() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(48 << 18)  # 48 MB, like one float32 24 x 80^3 activation
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with M.reuse_large_allocations() as active:
+        with M.reuse_large_allocations():  # nesting is reference counted
+            faults_of_big_alloc()
+        if not active:
+            pytest.skip("not glibc")
+        # after a warm-up the heap holds the buffer: reused pages, vs ~12 000 fresh ones
+        assert min(faults_of_big_alloc() for _ in range(4)) < 1000
+    assert M._alloc_depth == 0
