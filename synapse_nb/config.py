@@ -70,6 +70,21 @@ class Config(BaseModel):
     k_max: int = Field(10, ge=2, description="largest k tried when choosing")
     n_bootstrap: int = Field(20, ge=1, le=1000, description="subsample refits for cluster stability")
 
+    # --- real-world data (SPEC 3.2) ---
+    dataset: str = Field("", description="dataset description YAML (parameters/dataset_*.yaml); when set it replaces raw_dir, seg_dir, mask_dir, table_dir, voxel_size_nm and label_table")
+    target_voxel_nm: float = Field(8.0, ge=0.0, description="isotropic voxel (nm) cubes are resampled to when the data's voxel differs; 0 = never resample")
+
+    # --- attention (SPEC 7) ---
+    attention_layers: list[int] = Field(default_factory=lambda: [3, 20, 27], description="conv layers (features.N) for Grad-CAM")
+    attention_target: Literal["cluster", "logit", "norm"] = Field("cluster", description="what the map explains: cluster similarity, a classifier logit, or the pooled-feature norm")
+    attention_class: int = Field(-1, ge=-1, description="classifier output for attention_target logit; -1 = the predicted class")
+    attention_per_cluster: int = Field(2, ge=1, le=50, description="representatives per cluster explained")
+    attention_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="fraction of a map's maximum above which a voxel counts as attended")
+
+    # --- presynapse connectivity (SPEC 8) ---
+    include_ambiguous: bool = Field(False, description="group synapses whose pre/post decision was ambiguous too")
+    n_permutations: int = Field(1000, ge=10, le=100000, description="label shuffles for the same-axon permutation test")
+
     @field_validator("cube_size")
     @classmethod
     def _multiple_of_16(cls, v: int) -> int:
@@ -95,6 +110,16 @@ class Config(BaseModel):
                 raise ValueError(str(exc)) from None
         if len(set(v)) != len(v):
             raise ValueError("bbox names must be unique")
+        return v
+
+    @field_validator("attention_layers")
+    @classmethod
+    def _conv_layers(cls, v: list[int]) -> list[int]:
+        from .model import CONV_INDICES
+
+        bad = [i for i in v if i not in CONV_INDICES]
+        if not v or bad:
+            raise ValueError(f"give one or more conv layers of features, from {list(CONV_INDICES)} (bad: {bad})")
         return v
 
     @field_validator("voxel_size_nm")
