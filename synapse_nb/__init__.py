@@ -16,6 +16,7 @@ __all__ = ["say", "setup", "__version__"]
 _SUBMODULES = {
     "atomic", "config", "cubes", "demo", "extract", "io", "labels", "model", "notebook",
     "gallery", "plots", "progress", "report", "runner", "runs", "reduce", "cluster", "compare", "maps", "export",
+    "volumes", "dataset", "vnc", "attention", "presynapse", "widgets",
 }
 
 
