@@ -1,0 +1,356 @@
+"""Presynapse connectivity: grouping, distance statistics, permutation test, summary page, notebook 06."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synapse_nb import presynapse as P
+from synapse_nb import presynapse_stats as S
+
+from .conftest import PROJECT_ROOT
+
+#: one call per drawn figure (plotly.js itself only defines the function)
+NEWPLOT = re.compile(r"Plotly\.newPlot\(\s*[\"']")
+
+
+def _table(rows: list[tuple]) -> pd.DataFrame:
+    """A cube table: (bbox, Var1, pre_seg_id, ambiguous[, reason])."""
+    recs = []
+    for r in rows:
+        bbox, name, pre, amb, *why = r
+        recs.append({"bbox": bbox, "Var1": name, "table_row": len(recs), "pre_seg_id": pre, "ambiguous": amb,
+                     "ambiguity_reason": why[0] if why else ""})
+    return pd.DataFrame(recs)
+
+
+BASE_ROWS = [
+    ("bbox1", "a", 5, False), ("bbox1", "b", 5, False), ("bbox1", "c", 7, False),
+    ("bbox2", "d", 5, False), ("bbox2", "e", 9, False), ("bbox2", "f", 9, False),
+]
+
+
+# --------------------------------------------------------------------------------------
+# grouping
+# --------------------------------------------------------------------------------------
+def test_same_bbox_and_presynaptic_id_make_a_group():
+    out = P.assign_groups(_table(BASE_ROWS))
+    assert list(out["Var1"]) == ["a", "b", "c", "d", "e", "f"]
+    assert list(out["status"]) == ["group", "group", "single", "single", "group", "group"]
+    assert list(out["group"]) == ["bbox1/pre5", "bbox1/pre5", "", "", "bbox2/pre9", "bbox2/pre9"]
+    # the same id in another bbox is another neurite
+    assert out.loc[3, "axon"] == "bbox2/pre5" and out.loc[3, "group"] == ""
+    assert list(out["group_size"]) == [2, 2, 0, 0, 2, 2]
+
+
+def test_ambiguous_and_unknown_are_listed_separately_and_included_when_asked():
+    rows = BASE_ROWS + [("bbox1", "g", 5, True, "pre/post tie: both sides overlap the closest vesicle cloud by 0 voxels"),
+                        ("bbox1", "h", 0, True, "side 1 point lies on background (seg id 0)"),
+                        ("bbox2", "i", None, False)]
+    out = P.assign_groups(_table(rows)).set_index("Var1")
+    assert out.loc["g", "status"] == "excluded" and out.loc["b", "group_size"] == 2
+    assert out.loc["g", "reason"].startswith("ambiguous pre/post decision (pre/post tie")
+    assert "set include_ambiguous" in out.loc["g", "reason"]
+    assert out.loc["h", "status"] == "excluded" and "unknown (id 0 or missing)" in out.loc["h", "reason"]
+    assert out.loc["i", "status"] == "excluded" and "unknown" in out.loc["i", "reason"]
+    inc = P.assign_groups(_table(rows), include_ambiguous=True).set_index("Var1")
+    assert inc.loc["g", "status"] == "group" and inc.loc["g", "group"] == "bbox1/pre5"
+    assert list(inc.loc[["a", "b", "g"], "group_size"]) == [3, 3, 3]
+    assert inc.loc["g", "reason"].endswith("included (include_ambiguous)")
+    assert inc.loc["h", "status"] == "excluded"  # id 0 never groups
+    avail = P.assign_groups(_table(BASE_ROWS), available=[True, False, True, True, True, True], unavailable_reason="no features")
+    assert list(avail["status"][:3]) == ["single", "excluded", "single"] and avail.loc[1, "reason"] == "no features"
+
+
+def test_grouping_errors_name_what_to_fix():
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['pre_seg_id'\].*rebuild the cubes"):
+        P.assign_groups(_table(BASE_ROWS).drop(columns="pre_seg_id"))
+    with pytest.raises(ValueError, match="names synapses more than once: bbox1/a"):
+        P.assign_groups(_table(BASE_ROWS + [("bbox1", "a", 3, False)]))
+
+
+def test_groups_of_the_demo_are_its_true_axons(tiny_params):
+    """Cubes of the tiny demo: groups = synapses sharing the generator's axon (true_pre_id)."""
+    from synapse_nb import config, cubes, io
+
+    cfg = config.make_config({k: v for k, v in tiny_params.items() if k != "cache_dir"})
+    cs = cubes.build_from_config(io.open_dataset(cfg), cfg, progress=False)
+    out = P.assign_groups(cs.table)
+    sure = ~cs.table["ambiguous"].to_numpy()
+    truth = cs.table["bbox"] + "/pre" + cs.table["true_pre_id"].astype(str)
+    assert (out["axon"][sure] == truth[sure]).all()
+    found = {frozenset(g["Var1"]) for _, g in out[out["status"] == "group"].groupby("group")}
+    t = cs.table[sure].assign(truth=truth[sure])
+    expected = {frozenset(g["Var1"]) for _, g in t.groupby("truth") if len(g) >= 2}
+    assert found == expected and len(found) >= 2
+
+
+# --------------------------------------------------------------------------------------
+# distance statistics on hand-made points
+# --------------------------------------------------------------------------------------
+SQRT10 = math.sqrt(10.0)
+HAND_X = np.array([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 1.0], [0.0, 5.0]])
+HAND_AXON = ["A", "A", "B", "B", "C"]
+
+
+def test_intra_and_inter_pairs_have_the_known_values():
+    intra, inter, sampled = S.distance_pairs(HAND_X, HAND_AXON, ["s1"] * 4 + ["s2"])
+    assert not sampled
+    np.testing.assert_allclose(np.sort(intra), [1.0, 1.0])
+    np.testing.assert_allclose(np.sort(inter), [3.0, 3.0, SQRT10, SQRT10])  # C is alone in its stratum
+    _, pooled, _ = S.distance_pairs(HAND_X, HAND_AXON)
+    np.testing.assert_allclose(np.sort(pooled), np.sort([3, 3, SQRT10, SQRT10, 5, 4, math.sqrt(34), 5]))
+    g = S.group_distances(HAND_X, HAND_AXON, ["s1"] * 4 + ["s2"]).set_index("axon")
+    assert list(g.index) == ["A", "B"] and list(g["n"]) == [2, 2]
+    np.testing.assert_allclose(g.loc["A", "mean_intra"], 1.0)
+    np.testing.assert_allclose(g.loc["A", "mean_inter"], (6 + 2 * SQRT10) / 4)
+    np.testing.assert_allclose(g.loc["A", "ratio"], 4 / (6 + 2 * SQRT10))
+    pooled_g = S.group_distances(HAND_X, HAND_AXON).set_index("axon")
+    np.testing.assert_allclose(pooled_g.loc["A", "mean_inter"], (3 + SQRT10 + 5 + SQRT10 + 3 + 4) / 6)
+
+
+def test_inter_pairs_are_sampled_above_the_cap_reproducibly():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    axon = np.repeat(np.arange(100), 3)
+    _, exact, sampled = S.distance_pairs(X, axon)
+    assert not sampled and len(exact) == 300 * 299 // 2 - 100 * 3
+    _, inter, sampled = S.distance_pairs(X, axon, max_inter_pairs=5000, seed=1)
+    _, again, _ = S.distance_pairs(X, axon, max_inter_pairs=5000, seed=1)
+    assert sampled and len(inter) == 5000 and np.array_equal(inter, again)
+    assert abs(inter.mean() / exact.mean() - 1) < 0.03
+
+
+def test_label_spanning_two_bboxes_is_an_error():
+    with pytest.raises(ValueError, match="more than one stratum"):
+        S.distance_pairs(HAND_X, ["A", "A", "B", "B", "A"], ["s1"] * 4 + ["s2"])
+
+
+# --------------------------------------------------------------------------------------
+# permutation test
+# --------------------------------------------------------------------------------------
+def test_permutation_null_on_a_case_small_enough_to_enumerate():
+    """One group of 2 among 4 synapses: the null takes the 6 pair distances equally often."""
+    X = np.array([[0.0], [1.0], [3.0], [7.0]])
+    res = S.permutation_test(X, ["g", "g", "x", "y"], n_permutations=3000, seed=0)
+    pairs = np.abs(X[:, None, 0] - X[None, :, 0])[np.triu_indices(4, 1)]  # 1 3 7 2 6 4
+    assert res.statistic == 1.0 and res.n_groups == 1 and res.n_pairs == 1
+    assert set(np.round(res.null, 9)) == set(pairs)
+    assert abs(res.null_mean - pairs.mean()) < 0.15
+    assert abs(res.p_value - 1 / 6) < 0.03  # only the observed pair itself is as close
+    assert res.p_value == (1 + np.sum(res.null <= 1.0)) / 3001
+
+
+def _planted(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3 bboxes x 30 synapses; per bbox groups of 2-5 whose members sit close to a centre."""
+    rng = np.random.default_rng(seed)
+    X, axon, bbox = [], [], []
+    for b in range(3):
+        n_left = 30
+        for gi, k in enumerate((2, 3, 4, 5)):
+            c = rng.normal(size=10)
+            X.extend(c + 0.1 * rng.normal(size=(k, 10)))
+            axon += [f"b{b}/g{gi}"] * k
+            n_left -= k
+        X.extend(rng.normal(size=(n_left, 10)))
+        axon += [f"b{b}/s{i}" for i in range(n_left)]
+        bbox += [f"bbox{b}"] * 30
+    return np.array(X), np.array(axon), np.array(bbox)
+
+
+def test_planted_groups_are_found_and_shuffled_groups_are_not():
+    X, axon, bbox = _planted()
+    res = S.permutation_test(X, axon, bbox, n_permutations=199, seed=1)
+    assert res.p_value == 1 / 200 and res.effect < 0.2 and res.n_groups == 12 and res.n_grouped == 42
+    rng = np.random.default_rng(5)
+    shuffled = axon.copy()
+    for b in np.unique(bbox):
+        m = bbox == b
+        shuffled[m] = rng.permutation(axon[m])
+    null = S.permutation_test(X, shuffled, bbox, n_permutations=199, seed=1)
+    assert null.p_value > 0.2 and 0.8 < null.effect < 1.2
+
+
+def test_permutation_test_is_reproducible_with_its_seed():
+    X, axon, bbox = _planted(3)
+    a = S.permutation_test(X, axon, bbox, n_permutations=50, seed=7)
+    b = S.permutation_test(X, axon, bbox, n_permutations=50, seed=7)
+    c = S.permutation_test(X, axon, bbox, n_permutations=50, seed=8)
+    assert np.array_equal(a.null, b.null) and not np.array_equal(a.null, c.null)
+    assert a.as_dict()["p_value"] == b.p_value and a.as_dict()["n_permutations"] == 50
+
+
+def test_shuffling_within_bbox_ignores_differences_between_bboxes():
+    """No same-axon effect, but bboxes far apart: only pooling across bboxes 'finds' one."""
+    rng = np.random.default_rng(2)
+    X = np.vstack([rng.normal(size=(20, 3)), 100 + rng.normal(size=(20, 3))])
+    bbox = np.repeat(["bbox1", "bbox2"], 20)
+    axon = np.array([f"{b}/{i // 2 if i < 10 else i}" for b, i in zip(bbox, list(range(20)) * 2)])
+    within = S.permutation_test(X, axon, bbox, n_permutations=199, seed=0)
+    pooled = S.permutation_test(X, axon, None, n_permutations=199, seed=0)
+    assert within.p_value > 0.1 and 0.8 < within.effect < 1.3
+    assert pooled.p_value < 0.05 and pooled.effect < 0.1
+
+
+def test_nothing_to_test_without_groups():
+    res = S.permutation_test(np.eye(3), ["a", "b", "c"], n_permutations=20)
+    assert res.n_groups == 0 and math.isnan(res.p_value) and res.as_dict()["p_value"] is None
+    with pytest.raises(ValueError, match="n_permutations must be >= 1"):
+        S.permutation_test(np.eye(3), ["a", "a", "c"], n_permutations=0)
+    with pytest.raises(ValueError, match=r"NaN/inf in rows \[1\]"):
+        S.permutation_test(np.array([[0.0], [np.nan]]), ["a", "a"])
+
+
+def test_the_demo_generator_makes_axons_alike_and_the_test_finds_it():
+    """Default demo plan: every axon's synapses share a class on purpose, so their planned
+    geometry (bouton, cleft, vesicle-cloud radii, mitochondria) is alike; with the true axons
+    shuffled within each bbox the test finds nothing."""
+    from synapse_nb.demo import plan_demo_table
+    from synapse_nb.reduce import standardize
+
+    plan = plan_demo_table()
+    Xs, _ = standardize(plan[["bouton_radius", "cleft_radius", "vesicle_cloud_radius", "has_mito"]].astype(float).to_numpy())
+    axon = (plan["bbox"] + "/" + plan["true_pre_id"].astype(str)).to_numpy()
+    sizes = pd.Series(axon).value_counts()
+    assert sizes.max() >= 4 and (sizes >= 2).sum() >= 10
+    res = S.permutation_test(Xs, axon, plan["bbox"], n_permutations=499, seed=0)
+    assert res.p_value == 1 / 500 and res.effect < 0.5
+    shuffled = plan.groupby("bbox")["true_pre_id"].transform(lambda s: s.sample(frac=1, random_state=4).to_numpy())
+    fake = (plan["bbox"] + "/" + shuffled.astype(str)).to_numpy()
+    assert (fake != axon).any()
+    assert S.permutation_test(Xs, fake, plan["bbox"], n_permutations=499, seed=0).p_value > 0.05
+
+
+# --------------------------------------------------------------------------------------
+# the analysis of tables and the summary page
+# --------------------------------------------------------------------------------------
+def _run_tables():
+    """Features/embeddings/clusters for 8 synapses plus a cube table with 2 more."""
+    cube = _table([
+        ("bbox1", "s<1>", 5, False), ("bbox1", "s2", 5, False), ("bbox1", "s3", 5, False), ("bbox1", "s4", 8, False),
+        ("bbox1", "s5", 8, True, "pre/post tie"), ("bbox1", "s6", 0, True, "side 2 on background"),
+        ("bbox2", "t1", 5, False), ("bbox2", "t2", 5, False), ("bbox2", "t3", 6, False), ("bbox2", "t4", 6, False),
+    ])
+    keep = [0, 1, 2, 3, 4, 6, 7, 8]  # t4 has no features (e.g. an empty mask)
+    feats = cube.iloc[keep].reset_index(drop=True).assign(synapse_class=list("AAABBCCD"))
+    pca = np.array([[0, 0], [0, 1], [1, 0], [10, 10], [10, 11], [20, 0], [20, 2], [40, 40]], dtype=float)
+    emb = pd.DataFrame({"pca_1": pca[:, 0], "pca_2": pca[:, 1], "umap_1": pca[:, 0] / 10, "umap_2": pca[:, 1] / 10})
+    clusters = feats[["bbox", "Var1"]].assign(cluster=["0", "0", "1", "1", "1", "2", "2", "2"])
+    return cube, feats, emb, clusters
+
+
+def test_analyse_groups_measures_and_lists_the_excluded():
+    cube, feats, emb, clusters = _run_tables()
+    a = P.analyse(feats, emb, clusters, cube, n_permutations=50, seed=0)
+    assert list(a.groups["group"]) == ["bbox1/pre5", "bbox2/pre5"]
+    g = a.groups.set_index("group")
+    assert g.loc["bbox1/pre5", "synapses"] == "s<1>, s2, s3" and g.loc["bbox1/pre5", "n"] == 3
+    assert g.loc["bbox1/pre5", "dominant_cluster"] == "0" and g.loc["bbox1/pre5", "cluster_share"] == pytest.approx(2 / 3)
+    assert g.loc["bbox1/pre5", "clusters"] == "0 x2, 1 x1" and g.loc["bbox1/pre5", "synapse_class"] == "A x3"
+    np.testing.assert_allclose(g.loc["bbox1/pre5", "mean_intra"], (1 + 1 + math.sqrt(2)) / 3)
+    np.testing.assert_allclose(g.loc["bbox2/pre5", "mean_intra"], 2.0)
+    # bbox2's other neurite is t3 at (40, 40); bbox1/pre8 (s4) is a single since s5 is ambiguous
+    np.testing.assert_allclose(g.loc["bbox2/pre5", "mean_inter"], (math.hypot(20, 40) + math.hypot(20, 38)) / 2)
+    assert set(a.synapses["Var1"]) == {"s<1>", "s2", "s3", "s4", "t1", "t2", "t3"}
+    ex = a.excluded.set_index("Var1")
+    assert set(ex.index) == {"s5", "s6", "t4"}
+    assert ex.loc["t4", "reason"].startswith("no features") and "include_ambiguous" in ex.loc["s5", "reason"]
+    assert list(a.ambiguous["Var1"]) == ["s5", "s6"] and not a.ambiguous["used"].any()
+    assert len(a.intra) == 4 and a.ratio == pytest.approx(np.mean(a.intra) / np.mean(a.inter))
+    assert a.headline().startswith("**7 synapses** analysed: **2 presynaptic neurites** make more than one synapse "
+                                   "(1 group of 2, 1 of 3 synapses), 2 synapses are the only one of their neurite; 3 excluded.")
+    inc = P.analyse(feats, emb, clusters, cube, include_ambiguous=True, n_permutations=20)
+    assert "bbox1/pre8" in set(inc.groups["group"]) and inc.ambiguous.set_index("Var1").loc["s5", "used"]
+    assert inc.groups.set_index("group").loc["bbox1/pre8", "n_ambiguous"] == 1
+
+
+def test_analyse_refuses_tables_that_do_not_belong_together():
+    cube, feats, emb, clusters = _run_tables()
+    with pytest.raises(ValueError, match="embeddings have 7 rows but the features table 8"):
+        P.analyse(feats, emb.iloc[:7], clusters, cube)
+    with pytest.raises(ValueError, match=r"not in the synapse table of 01_load \(e.g. bbox2/t3\)"):
+        P.analyse(feats, emb, clusters, cube[cube["Var1"] != "t3"])
+    with pytest.raises(ValueError, match="no pca_\\* columns"):
+        P.analyse(feats, emb[["umap_1", "umap_2"]], clusters, cube)
+
+
+def test_figures_draw_groups_lines_heatmaps_and_distributions():
+    cube, feats, emb, clusters = _run_tables()
+    a = P.analyse(feats, emb, clusters, cube, n_permutations=30)
+    m = P.group_map(a)
+    assert [t.name for t in m.data] == ["other synapses", "bbox1/pre5", "bbox2/pre5"]
+    assert len(m.data[1].x) == 4 and m.data[1].x[0] == m.data[1].x[-1]  # a closed ring of 3
+    assert len(m.data[2].x) == 2 and m.data[2].mode == "lines+markers"
+    many = P.group_map(a, max_legend=1)  # beyond the legend limit: one trace, rings split by gaps
+    assert len(many.data) == 2 and many.data[1].name == "2 groups"
+    assert len(many.data[1].x) == 4 + 1 + 2 + 1 and int(np.isnan(np.asarray(many.data[1].x, float)).sum()) == 2
+    h = P.distance_heatmap(a, "bbox2/pre5")
+    np.testing.assert_allclose(np.asarray(h.data[0].z), [[0, 2], [2, 0]])
+    assert list(h.data[0].x) == ["t1", "t2"]
+    assert len(P.group_heatmaps(a).data) == 2
+    d = P.distance_distributions(a)
+    assert len(d.data) == 2 and len(d.data[0].x) == len(a.intra)
+    assert len(P.null_figure(a).data[0].x) == 30
+
+
+def test_summary_page_is_offline_escaped_and_has_a_section_per_group(tmp_path: Path):
+    cube, feats, emb, clusters = _run_tables()
+    a = P.analyse(feats, emb, clusters, cube, n_permutations=30)
+    path = P.write_summary(tmp_path / "html" / "presynapse_summary.html", a, title="Presynapse <demo>")
+    page = path.read_text()
+    assert page.count("* plotly.js v") == 1 and page.count('<script type="text/javascript">/**') == 1
+    assert len(re.findall(r'<section id="group-\d+" class="group">', page)) == 2
+    assert 'href="#group-1">bbox1/pre5</a>' in page
+    assert "s&lt;1&gt;" in page and "s<1>" not in page.replace("s&lt;1&gt;", "")
+    assert "Presynapse &lt;demo&gt;" in page
+    assert not re.search(r"<script[^>]+src=[\"']https?://", page)
+    assert not re.search(r"<link[^>]+href=[\"']https?://", page)
+    assert len(NEWPLOT.findall(page)) == 3 + 2 * 2  # overview: distributions, null, map; per group: heatmap, map
+    assert not list(path.parent.glob(".*tmp*")), "written atomically, nothing left behind"
+
+
+def test_summary_without_groups_says_so(tmp_path: Path):
+    cube, feats, emb, clusters = _run_tables()
+    lonely = cube.assign(pre_seg_id=range(1, len(cube) + 1))
+    a = P.analyse(feats, emb, clusters, lonely, n_permutations=20)
+    assert a.n_groups == 0 and "nothing to test" in a.test_sentence()
+    page = P.write_summary(tmp_path / "s.html", a).read_text()
+    assert "No presynaptic neurite makes two or more analysed synapses" in page and 'class="group"' not in page
+
+
+# --------------------------------------------------------------------------------------
+# notebook 06 in the pipeline's run
+# --------------------------------------------------------------------------------------
+@pytest.mark.notebooks
+def test_notebook_06_on_the_pipeline_run(pipeline_run):
+    import papermill
+
+    from synapse_nb.report import export_html
+
+    result, _ = pipeline_run
+    run = result.run
+    executed = run.notebooks_dir / "06_presynapse.ipynb"
+    papermill.execute_notebook(
+        str(PROJECT_ROOT / "notebooks" / "06_presynapse.ipynb"), str(executed), kernel_name="python3",
+        cwd=str(PROJECT_ROOT), parameters={"run_dir": str(run.path), "n_permutations": 200}, progress_bar=False,
+    )
+    groups = pd.read_csv(run.tables_dir / "presynapse_groups.csv")
+    features = pd.read_parquet(run.table("features"))
+    sure = features[~features["ambiguous"]]
+    truth = sure.groupby(["bbox", "true_pre_id"])["Var1"].apply(lambda s: ", ".join(s))
+    assert set(groups["synapses"]) == set(truth[truth.str.contains(",")])
+    assert set(groups.columns) >= {"group", "bbox", "pre_seg_id", "n", "dominant_cluster", "cluster_share", "mean_intra", "ratio"}
+    test = json.loads((run.tables_dir / "presynapse_test.json").read_text())
+    assert test["n_groups"] == len(groups) and test["n_permutations"] == 200 and 0 < test["p_value"] <= 1
+    assert test["scope"] == "bbox" and test["space"].startswith("Euclidean distance in the pca_* space")
+    page = (run.html_dir / "presynapse_summary.html").read_text()
+    assert len(re.findall(r'<section id="group-\d+" class="group">', page)) == len(groups)
+    assert page.count('<img class="montage" src="data:image/png;base64,') == len(groups)
+    html = export_html(executed, run.html_dir / "06_presynapse.html")
+    text = html.read_text()
+    assert "p = " in text and len(NEWPLOT.findall(text)) == 4 and 'src="data:image/png;base64,' in text
