@@ -1,4 +1,4 @@
-"""Command line: ``python -m synapse_nb demo-data | run <yaml> | sweep <yaml>``."""
+"""Command line: ``python -m synapse_nb demo-data | convert-vnc | run <yaml> | sweep <yaml>``."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,20 @@ def _demo_data(args: argparse.Namespace) -> int:
         spec.shape = tuple(args.shape)
     table = make_demo_dataset(args.out, spec)
     logger.info("demo dataset with %d synapses in %d bboxes written to %s", len(table), spec.n_bboxes, args.out)
+    return 0
+
+
+def _convert_vnc(args: argparse.Namespace) -> int:
+    from .vnc import VncSettings, convert_vnc
+
+    try:
+        settings = VncSettings(link_min_iou=None if args.no_link else args.link_min_iou)
+    except ValueError as exc:
+        from .io import DataError
+
+        raise DataError(f"convert-vnc: {exc}") from None
+    path = convert_vnc(args.src, args.out, settings=settings)
+    logger.info("dataset description written to %s (set dataset: %s in a parameter file)", path, path)
     return 0
 
 
@@ -52,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="bbox shape in voxels")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo_data)
+    vnc = sub.add_parser("convert-vnc", help="convert the real Drosophila VNC ssTEM stack (CC BY-NC-SA 3.0) into a dataset")
+    vnc.add_argument("--src", default="../shared/realdata/drosophila_vnc_sstem", help="source folder holding stack1/")
+    vnc.add_argument("--out", default="data/vnc", help="output folder, replaced whole (default data/vnc; never commit it)")
+    vnc.add_argument("--link-min-iou", type=float, default=0.5, help="link neurite profiles of neighbouring sections at this IoU")
+    vnc.add_argument("--no-link", action="store_true", help="keep neurite ids per section (no linking across sections)")
+    vnc.set_defaults(func=_convert_vnc)
     run = sub.add_parser("run", help="run the notebooks on a parameter file")
     run.add_argument("params", help="YAML parameter file, e.g. parameters/demo.yaml")
     run.add_argument("--run-dir", default=None, help="reuse this run directory instead of a new one")

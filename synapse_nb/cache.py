@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: Parameters that decide the cube store (raw + structure bits per synapse).
 CUBE_KEYS: tuple[str, ...] = (
     "raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "voxel_size_nm", "label_table",
-    "cube_size", "crop_mode", "presynapse_weight",
+    "cube_size", "crop_mode", "presynapse_weight", "dataset", "target_voxel_nm",
 )
 #: Parameters that decide the features, on top of the cubes (batch size does not).
 FEATURE_KEYS: tuple[str, ...] = CUBE_KEYS + (
@@ -49,12 +49,17 @@ def _file_stamp(path: str) -> Any:
 
 
 def content_key(cfg: "Config", keys: Sequence[str]) -> str:
-    """Hash of the named parameters (plus the weights file and synapse tables as found on disk)."""
+    """Hash of the named parameters (plus the weights file, the synapse tables and the dataset
+    description's content and tables as found on disk)."""
     values = {k: getattr(cfg, k) for k in keys}
     if "weights_path" in keys:
         values["weights_file"] = _file_stamp(cfg.weights_path)
     if "table_dir" in keys:
         values["tables"] = _file_stamp(cfg.table_dir)
+    if "dataset" in keys and cfg.dataset:
+        from .dataset import description_stamp
+
+        values["dataset_description"] = description_stamp(cfg.dataset)
     blob = json.dumps(values, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

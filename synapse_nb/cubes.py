@@ -58,6 +58,20 @@ Morphometrics (voxels; physical units in :func:`add_physical_units`)
     ``post_volume_vox`` segment voxels in the cube; ``mito_near_pre_volume_vox`` mitochondrion
     voxels of the cube inside the presynaptic segment dilated by 2 voxels (6-connected),
     i.e. mitochondria inside or touching the presynaptic neurite.
+Missing data (real datasets, SPEC 3.2)
+    Label id 0 means "not annotated": it never matches the background, so that structure's
+    bits stay empty. Without a seg volume, or with both side points empty (NaN), the synapse
+    is still built with empty pre/post (``pre_side`` 0) and flagged ambiguous ("no side
+    points" / "no neurite segmentation"); with one side empty, the other side is used as
+    with a side on background. Which segmentation types a dataset can serve at all is
+    decided up front (:func:`synapse_nb.dataset.require_segmentation_type`).
+Anisotropic voxels
+    With ``target_voxel_nm`` set and a different data voxel, the volumes are wrapped in
+    :class:`synapse_nb.volumes.ResampledVolume` (per-window resampling: raw linear, labels
+    nearest; voxel centres coincide physically) and the table points are mapped exactly onto
+    that grid; the cube is then built as above on the isotropic grid, so padding, centring and
+    morphometrics (physical units with the target voxel) are unchanged. Each table row records
+    ``native_voxel_{z,y,x}_nm``, ``cube_voxel_{z,y,x}_nm`` and ``resampled``.
 Dataset level
     :func:`build_cubes` visits each bbox's synapses in z order (neighbouring windows share
     slices of a lazy reader) but keeps table order in the result, and drops a reader's slice
@@ -82,6 +96,7 @@ from . import labels as L
 from .atomic import atomic_dir
 from .io import BboxData, DataError
 from .progress import progress as progress_bar
+from .volumes import ResampledVolume, native_to_target, needs_resampling
 
 if TYPE_CHECKING:
     from .config import Config
@@ -424,6 +439,17 @@ def _xyz_to_zyx(p: Sequence[float]) -> np.ndarray:
     return _round_half_up(arr[::-1])
 
 
+def _side_is_missing(p: Sequence[float] | None) -> bool:
+    """A side point with all three coordinates empty (NaN) or None: partner unknown."""
+    if p is None:
+        return True
+    try:
+        arr = np.asarray(p, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return False
+    return arr.size == 3 and bool(np.all(np.isnan(arr)))
+
+
 def _fmt_xyz(zyx: np.ndarray) -> str:
     return f"(x={int(zyx[2])}, y={int(zyx[1])}, z={int(zyx[0])})"
 
@@ -457,6 +483,39 @@ def _nearest_d2(seg_box: np.ndarray, seg_id: int, point: np.ndarray) -> float:
     return float(d2.min())
 
 
+def check_points(
+    where: str,
+    shape: Sequence[int],
+    center_xyz: Sequence[float],
+    side1_xyz: Sequence[float] | None,
+    side2_xyz: Sequence[float] | None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Centre and side points as (z, y, x) voxel indices, checked against ``shape``.
+
+    A side given as None or as three empty (NaN) coordinates is returned as None (partner
+    unknown); anything else that is not three finite numbers is an error.
+    """
+    try:
+        c = _xyz_to_zyx(center_xyz)
+        s1 = None if _side_is_missing(side1_xyz) else _xyz_to_zyx(side1_xyz)  # type: ignore[arg-type]
+        s2 = None if _side_is_missing(side2_xyz) else _xyz_to_zyx(side2_xyz)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise SynapseError(f"{where}: bad coordinates: {exc}; fix the synapse table") from exc
+    vol_xyz = f"(x < {shape[2]}, y < {shape[1]}, z < {shape[0]})"
+    if not _inside(c, shape):
+        raise SynapseError(
+            f"{where}: central coordinate {_fmt_xyz(c)} lies outside the volume {vol_xyz}; "
+            "fix central_coord_1..3 (x, y, z in bbox voxels) in the synapse table"
+        )
+    for k, s in ((1, s1), (2, s2)):
+        if s is not None and not _inside(s, shape):
+            raise SynapseError(
+                f"{where}: side {k} point {_fmt_xyz(s)} lies outside the volume {vol_xyz}; "
+                f"fix side_{k}_coord_1..3 (x, y, z) in the synapse table"
+            )
+    return c, s1, s2
+
+
 def build_synapse(
     raw,
     seg,
@@ -480,28 +539,12 @@ def build_synapse(
     shape = tuple(int(s) for s in raw.shape)
     if len(shape) != 3:
         raise SynapseError(f"{where}: raw volume must be 3-D (z, y, x), got shape {shape}")
-    if tuple(seg.shape) != shape or tuple(mask.shape) != shape:
-        raise SynapseError(
-            f"{where}: raw {shape}, seg {tuple(seg.shape)} and mask {tuple(mask.shape)} volumes differ in shape; fix the input volumes"
-        )
-    try:
-        c = _xyz_to_zyx(center_xyz)
-        s1 = _xyz_to_zyx(side1_xyz)
-        s2 = _xyz_to_zyx(side2_xyz)
-    except ValueError as exc:
-        raise SynapseError(f"{where}: bad coordinates: {exc}; fix the synapse table") from exc
+    other = {k: tuple(v.shape) for k, v in (("seg", seg), ("mask", mask)) if v is not None}
+    if any(v != shape for v in other.values()):
+        detail = ", ".join(f"{k} {v}" for k, v in other.items())
+        raise SynapseError(f"{where}: raw {shape} and {detail} volumes differ in shape; fix the input volumes")
+    c, s1, s2 = check_points(where, shape, center_xyz, side1_xyz, side2_xyz)
     vol_xyz = f"(x < {shape[2]}, y < {shape[1]}, z < {shape[0]})"
-    if not _inside(c, shape):
-        raise SynapseError(
-            f"{where}: central coordinate {_fmt_xyz(c)} lies outside the volume {vol_xyz}; "
-            "fix central_coord_1..3 (x, y, z in bbox voxels) in the synapse table"
-        )
-    for k, s in ((1, s1), (2, s2)):
-        if not _inside(s, shape):
-            raise SynapseError(
-                f"{where}: side {k} point {_fmt_xyz(s)} lies outside the volume {vol_xyz}; "
-                f"fix side_{k}_coord_1..3 (x, y, z) in the synapse table"
-            )
 
     S = int(geometry.size)
     h = S // 2
@@ -510,45 +553,61 @@ def build_synapse(
     # one window per label volume: the decision box grown by the smart-crop margin
     win_lo = np.maximum(c - h - m, 0)
     win_hi = np.minimum(c - h + S + m, shp)
-    seg_w = np.asarray(seg[_box(win_lo, win_hi)])
-    mask_w = np.asarray(mask[_box(win_lo, win_hi)])
+    seg_w = np.asarray(seg[_box(win_lo, win_hi)]) if seg is not None else None
+    mask_w = np.asarray(mask[_box(win_lo, win_hi)]) if mask is not None else None
 
-    def seg_at(p: np.ndarray) -> int:
+    def seg_at(p: np.ndarray | None) -> int:
+        if p is None or seg_w is None:
+            return 0
         q = p - win_lo
         if np.all(q >= 0) and np.all(q < seg_w.shape):
             return int(seg_w[tuple(q)])
         return int(np.asarray(seg[_box(p, p + 1)]).reshape(-1)[0])  # one-voxel read
 
     id1, id2 = seg_at(s1), seg_at(s2)
-    if id1 == 0 and id2 == 0:
-        raise SynapseError(
-            f"{where}: both side points {_fmt_xyz(s1)} and {_fmt_xyz(s2)} lie on background (seg id 0), "
-            "so pre/post cannot be decided; move side_1/side_2 coordinates inside the partner neurites"
-        )
-    if id1 == id2:
-        raise SynapseError(
-            f"{where}: both side points {_fmt_xyz(s1)} and {_fmt_xyz(s2)} lie in the same segment (id {id1}), "
-            "so pre/post cannot be decided; put each side point inside a different partner neurite"
-        )
+    reasons: list[str] = []
+    if seg is None:
+        reasons.append("no neurite segmentation in this dataset: pre/post empty")
+    elif s1 is None and s2 is None:
+        reasons.append("no side points: pre/post empty")
+    elif s1 is not None and s2 is not None:
+        if id1 == 0 and id2 == 0:
+            raise SynapseError(
+                f"{where}: both side points {_fmt_xyz(s1)} and {_fmt_xyz(s2)} lie on background (seg id 0), "
+                "so pre/post cannot be decided; move side_1/side_2 coordinates inside the partner neurites"
+            )
+        if id1 == id2:
+            raise SynapseError(
+                f"{where}: both side points {_fmt_xyz(s1)} and {_fmt_xyz(s2)} lie in the same segment (id {id1}), "
+                "so pre/post cannot be decided; put each side point inside a different partner neurite"
+            )
+    else:
+        reasons.append(f"side {1 if s1 is None else 2} point missing")
 
     # --- decision box: cleft-centred S^3 (clipped) ------------------------------------
     dec_lo = np.maximum(c - h, 0)
     dec_hi = np.minimum(c - h + S, shp)
     dbox = _box(dec_lo - win_lo, dec_hi - win_lo)
-    seg_d = seg_w[dbox]
-    mask_d = mask_w[dbox]
+    seg_d = seg_w[dbox] if seg_w is not None else None
+    mask_d = mask_w[dbox] if mask_w is not None else None
     c_d = c - dec_lo
-    ves_d = closest_component(mask_d == ids.vesicle, c_d)
+    vesicle_known = mask_d is not None and int(ids.vesicle) != 0  # label id 0 = not annotated
+    ves_d = closest_component(mask_d == ids.vesicle, c_d) if vesicle_known else np.zeros(dec_hi - dec_lo, dtype=bool)
     ves_idx = np.nonzero(ves_d)
     ov1 = _count_overlap(seg_d, id1, ves_idx)
     ov2 = _count_overlap(seg_d, id2, ves_idx)
-    reasons: list[str] = []
     for k, sid, s in ((1, id1, s1), (2, id2, s2)):
-        if sid == 0:
+        if sid == 0 and s is not None and seg is not None:
             reasons.append(f"side {k} point {_fmt_xyz(s)} lies on background (seg id 0)")
-    if ves_idx[0].size == 0:
+    if id1 == 0 and id2 == 0:
+        pass  # no partner known: nothing to decide
+    elif not vesicle_known:
+        reasons.append("no vesicle-cloud label in this dataset")
+    elif ves_idx[0].size == 0:
         reasons.append("no vesicle cloud in the cleft-centred window")
-    if ov1 != ov2:
+    if id1 == 0 and id2 == 0:
+        pre_side = 0
+    elif ov1 != ov2:
         pre_side = 1 if ov1 > ov2 else 2
     else:
         reasons.append(f"pre/post tie: both sides overlap the closest vesicle cloud by {ov1} voxels")
@@ -567,7 +626,7 @@ def build_synapse(
         else:
             pre_side = 1
             reasons.append("chose side 1 by convention")
-    pre_id, post_id = (id1, id2) if pre_side == 1 else (id2, id1)
+    pre_id, post_id = (id1, id2) if pre_side == 1 else (id2, id1) if pre_side == 2 else (0, 0)
 
     # --- crop centre ------------------------------------------------------------------
     if geometry.crop_mode == "presynapse" and pre_id != 0 and geometry.presynapse_weight > 0:
@@ -603,11 +662,11 @@ def build_synapse(
     if raw_v.size == 0:
         raise SynapseError(f"{where}: empty raw window around {_fmt_xyz(center)}; check the raw volume")
     cbox = _box(vlo - win_lo, vhi - win_lo)
-    seg_c = seg_w[cbox]
-    mask_c = mask_w[cbox]
+    seg_c = seg_w[cbox] if seg_w is not None else None
+    mask_c = mask_w[cbox] if mask_w is not None else None
     target = (S // 2) - pad_before  # cube centre in the in-volume part's coordinates
 
-    bits_v = np.zeros(seg_c.shape, dtype=np.uint8)
+    bits_v = np.zeros(tuple(int(v) for v in vhi - vlo), dtype=np.uint8)
 
     def put(sel: np.ndarray, bit: int) -> None:
         np.bitwise_or(bits_v, np.uint8(bit), out=bits_v, where=sel)
@@ -623,6 +682,8 @@ def build_synapse(
 
     def closest(label: int) -> np.ndarray:
         label = int(label)
+        if label == 0 or mask_c is None:  # 0 = not annotated, never the background
+            return np.zeros(bits_v.shape, dtype=bool)
         if label not in cache:
             cache[label] = closest_component(mask_c == label, target)
         return cache[label]
@@ -630,7 +691,7 @@ def build_synapse(
     put(closest(ids.vesicle), L.BIT_VESICLE)
     put(closest(ids.cleft), L.BIT_CLEFT)
     put(closest(ids.cleft2), L.BIT_CLEFT2)
-    mito_any = mask_c == ids.mito
+    mito_any = (mask_c == ids.mito) if (mask_c is not None and int(ids.mito) != 0) else np.zeros(bits_v.shape, dtype=bool)
     if mito_any.any():
         put(mito_any, L.BIT_MITO_ANY)
         put(closest_component(mito_any, target), L.BIT_MITO)
@@ -876,13 +937,48 @@ def _safe_float(v) -> float:
 SKIPPED_COLUMNS = (L.BBOX_COLUMN, L.NAME_COLUMN, "table_row", "reason")
 
 
+def _bbox_grid(b: BboxData, voxel_size: tuple[float, float, float], target_voxel_nm: float | None):
+    """The volumes cube building reads for one bbox and the voxel size of its cubes.
+
+    With resampling, the volumes are :class:`~synapse_nb.volumes.ResampledVolume` views:
+    each window read resamples only the native voxels it covers (raw linear, labels nearest).
+    """
+    native = tuple(float(v) for v in (b.voxel_size_nm or voxel_size))
+    if len(native) != 3 or min(native) <= 0:
+        raise DataError(f"bbox {b.name}: voxel size must be three positive numbers (z, y, x), got {native!r}")
+    if not needs_resampling(native, target_voxel_nm):
+        return (b.raw, b.seg, b.mask), native, native, None
+    t = float(target_voxel_nm)  # type: ignore[arg-type]
+    vols = (
+        ResampledVolume(b.raw, native, t, order=1),
+        ResampledVolume(b.seg, native, t, order=0) if b.seg is not None else None,
+        ResampledVolume(b.mask, native, t, order=0) if b.mask is not None else None,
+    )
+    return vols, native, (t, t, t), t
+
+
+def _to_grid(p: Sequence[float], native: Sequence[float], t: float | None) -> list[float]:
+    """Table point (x, y, z native voxels) -> (x, y, z) on the cube grid (unchanged without resampling)."""
+    arr = np.asarray(p, dtype=np.float64).reshape(-1)
+    if t is None or arr.size != 3 or not np.all(np.isfinite(arr)):
+        return list(p)
+    return list(native_to_target(arr[::-1], native, t)[::-1])
+
+
 def build_cubes(
     bboxes: Sequence[BboxData],
     geometry: CubeGeometry = CubeGeometry(),
     voxel_size_nm: Sequence[float] = (8.0, 8.0, 8.0),
     progress: bool = True,
+    target_voxel_nm: float | None = None,
 ) -> CubeSet:
     """Build the cubes of every synapse of every bbox.
+
+    ``voxel_size_nm`` is the data's voxel size for bboxes that carry none of their own
+    (``BboxData.voxel_size_nm``, set by dataset descriptions). With ``target_voxel_nm`` set
+    (> 0) and a different data voxel size, every synapse's windows are resampled to that
+    isotropic grid (see :mod:`synapse_nb.volumes`): table points are mapped exactly onto it
+    (voxel centres coincide physically) and the cube is built there unchanged.
 
     A synapse that raises :class:`SynapseError` (or a :class:`DataError` while reading its
     window) is recorded in ``skipped`` with the reason and the others continue. If no synapse
@@ -893,6 +989,14 @@ def build_cubes(
     voxel_size = tuple(float(v) for v in voxel_size_nm)
     if len(voxel_size) != 3 or min(voxel_size) <= 0:
         raise DataError(f"voxel_size_nm must be three positive numbers (z, y, x), got {voxel_size_nm!r}")
+    grids = [_bbox_grid(b, voxel_size, target_voxel_nm) for b in bboxes]
+    cube_voxels = {g[2] for g in grids}
+    if len(cube_voxels) > 1:
+        detail = ", ".join(f"{b.name}: {g[2]}" for b, g in zip(bboxes, grids))
+        raise DataError(
+            f"bboxes have different voxel sizes ({detail}); set target_voxel_nm to resample them to one isotropic grid"
+        )
+    cube_voxel = cube_voxels.pop()
     S = int(geometry.size)
     total = sum(len(b.table) for b in bboxes)
     dtype = np.result_type(*(np.dtype(getattr(b.raw, "dtype", np.uint8)) for b in bboxes))
@@ -902,8 +1006,13 @@ def build_cubes(
     skipped: list[tuple[int, dict]] = []
     offset = 0
     with progress_bar(total=total, desc="synapse cubes", unit="syn", enabled=progress) as bar:
-        for b in bboxes:
+        for b, ((raw, seg, mask), native, grid_voxel, t) in zip(bboxes, grids):
             records = b.table.to_dict("records")
+            grid_info = {
+                "resampled": t is not None,
+                **{f"native_voxel_{a}_nm": float(v) for a, v in zip("zyx", native)},
+                **{f"cube_voxel_{a}_nm": float(v) for a, v in zip("zyx", grid_voxel)},
+            }
             # Visit synapses in z order: neighbouring windows share slices, so a lazy slice
             # reader opens each slice about once per bbox. Results keep the table order.
             z = [_safe_float(r.get(L.CENTER_COLUMNS[2])) for r in records]
@@ -911,17 +1020,20 @@ def build_cubes(
                 rec = records[j]
                 name = rec.get(L.NAME_COLUMN)
                 trow = rec.get("table_row")
+                points = [[rec[k] for k in cols] for cols in (L.CENTER_COLUMNS, L.SIDE1_COLUMNS, L.SIDE2_COLUMNS)]
                 try:
+                    if t is not None:
+                        # check in the table's own (native) voxels, so errors quote its numbers
+                        check_points(_where(b.name, name, trow), tuple(b.raw.shape), *points)  # type: ignore[attr-defined]
+                        points = [_to_grid(p, native, t) for p in points]
                     cube = build_synapse(
-                        b.raw,
-                        b.seg,
-                        b.mask,
-                        [rec[k] for k in L.CENTER_COLUMNS],
-                        [rec[k] for k in L.SIDE1_COLUMNS],
-                        [rec[k] for k in L.SIDE2_COLUMNS],
+                        raw,
+                        seg,
+                        mask,
+                        *points,
                         b.label_ids,
                         geometry,
-                        bbox=b.name,
+                        bbox=b.name if t is None else f"{b.name} (on its {t:g} nm resampled grid)",
                         synapse=name,
                         table_row=trow,
                     )
@@ -933,11 +1045,12 @@ def build_cubes(
                     i = offset + int(j)
                     raw_all[i] = cube.raw
                     bits_all[i] = cube.bits
-                    rows[i] = {**rec, L.BBOX_COLUMN: b.name, **cube.info}
+                    rows[i] = {**rec, L.BBOX_COLUMN: b.name, **cube.info, **grid_info}
                 bar.update(1)
             offset += len(records)
             for vol in (b.raw, b.seg, b.mask):
-                _release_reader_cache(vol)
+                if vol is not None:
+                    _release_reader_cache(vol)
     ok = np.array([r is not None for r in rows], dtype=bool)
     n = int(ok.sum())
     skipped = [r for _, r in sorted(skipped, key=lambda item: item[0])]
@@ -950,11 +1063,11 @@ def build_cubes(
     if n < total:
         raw_all = raw_all[ok]
         bits_all = bits_all[ok]
-    table = add_physical_units(pd.DataFrame([r for r in rows if r is not None]), voxel_size)
+    table = add_physical_units(pd.DataFrame([r for r in rows if r is not None]), cube_voxel)
     # readable column order: identity, input columns, then what was computed
     first = [c for c in (L.BBOX_COLUMN, L.NAME_COLUMN, "table_row") if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
-    return CubeSet(raw=raw_all, bits=bits_all, table=table, skipped=skipped_df, geometry=geometry, voxel_size_nm=voxel_size)
+    return CubeSet(raw=raw_all, bits=bits_all, table=table, skipped=skipped_df, geometry=geometry, voxel_size_nm=cube_voxel)
 
 
 def geometry_from_config(cfg: "Config") -> CubeGeometry:
@@ -963,15 +1076,26 @@ def geometry_from_config(cfg: "Config") -> CubeGeometry:
 
 
 def build_from_config(bboxes: Sequence[BboxData], cfg: "Config", progress: bool = True) -> CubeSet:
-    """:func:`build_cubes` with the geometry and voxel size of ``cfg``."""
-    return build_cubes(bboxes, geometry_from_config(cfg), cfg.voxel_size_nm, progress=progress)
+    """:func:`build_cubes` with the geometry, voxel sizes and resampling target of ``cfg``.
+
+    Refuses, before any work, a ``segmentation_type`` the dataset cannot serve (e.g. type 5
+    on data without a vesicle-cloud label), naming what is missing.
+    """
+    from .dataset import require_segmentation_type
+
+    require_segmentation_type(bboxes, cfg.segmentation_type)
+    return build_cubes(
+        bboxes, geometry_from_config(cfg), cfg.voxel_size_nm, progress=progress, target_voxel_nm=cfg.target_voxel_nm
+    )
 
 
 def build_or_reuse(bboxes: Sequence[BboxData], cfg: "Config", run: "Run", progress: bool = True) -> CubeSet:
     """Cubes for ``cfg``: reused from the cache when the parameters that decide them are
     unchanged, built (and cached) otherwise; the run's ``cubes`` folder points at them."""
     from . import cache
+    from .dataset import require_segmentation_type
 
+    require_segmentation_type(bboxes, cfg.segmentation_type)
     target = cache.stage_dir(cfg, "cubes")
     if target is None:
         cubes = build_from_config(bboxes, cfg, progress=progress)

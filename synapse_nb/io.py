@@ -168,10 +168,19 @@ class SliceStack:
         return f"SliceStack({str(self.folder)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def read_synapse_table(path: str | Path, bbox: str | None = None) -> pd.DataFrame:
-    """Read one synapse table (xlsx or csv) and check the seed's columns (SPEC 3.1).
+def read_synapse_table(
+    path: str | Path,
+    bbox: str | None = None,
+    columns: L.TableColumns = L.SEED_COLUMNS,
+    allow_missing_sides: bool = False,
+    integer_coords: bool = True,
+) -> pd.DataFrame:
+    """Read one synapse table (xlsx or csv), check its columns and rename them to the seed's.
 
     Rows keep their spreadsheet row number in ``table_row`` so later errors can point at them.
+    ``allow_missing_sides``: a side whose three coordinates are all empty is kept as NaN
+    (partners unknown). ``integer_coords`` rounds coordinates to voxels (the seed layout);
+    otherwise they stay float (they may be mapped onto a resampled grid later).
     """
     path = Path(path)
     if not path.is_file():
@@ -180,29 +189,59 @@ def read_synapse_table(path: str | Path, bbox: str | None = None) -> pd.DataFram
         df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_excel(path)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read synapse table {path}: {exc}") from exc
-    missing = [c for c in L.REQUIRED_TABLE_COLUMNS if c not in df.columns]
+    required = columns.required()
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(
             f"synapse table {path} lacks column(s) {missing}; it has {list(df.columns)}. "
-            f"Expected {list(L.REQUIRED_TABLE_COLUMNS)} (x, y, z in bbox voxels)"
+            f"Expected {list(required)} (x, y, z in bbox voxels)"
         )
-    coord_cols = [*L.CENTER_COLUMNS, *L.SIDE1_COLUMNS, *L.SIDE2_COLUMNS]
     df = df.copy()
     df["table_row"] = np.arange(len(df)) + 2  # header is spreadsheet row 1
-    for col in coord_cols:
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna()
+    sides = (columns.side1, columns.side2)
+    for col in (*columns.center, *columns.side1, *columns.side2):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in columns.center:
+        bad = df[col].isna()
         if bad.any():
             rows = df.loc[bad, "table_row"].tolist()[:5]
             raise DataError(f"synapse table {path}: column {col} is empty or not a number in row(s) {rows}")
-        df[col] = values.round().astype(np.int64)
-    df[L.NAME_COLUMN] = df[L.NAME_COLUMN].astype(str)
-    dup = df[L.NAME_COLUMN].duplicated()
+    for side in sides:
+        nan = df[list(side)].isna()
+        partial = nan.any(axis=1) & ~nan.all(axis=1) if allow_missing_sides else nan.any(axis=1)
+        if partial.any():
+            col = next(c for c in side if nan.loc[partial, c].any())
+            rows = df.loc[partial, "table_row"].tolist()[:5]
+            hint = " (leave all three of a side empty when its partner is unknown)" if allow_missing_sides else ""
+            raise DataError(f"synapse table {path}: column {col} is empty or not a number in row(s) {rows}{hint}")
+    if integer_coords and not allow_missing_sides:
+        for col in (*columns.center, *columns.side1, *columns.side2):
+            df[col] = df[col].round().astype(np.int64)
+    else:
+        for col in (*columns.center, *columns.side1, *columns.side2):
+            df[col] = df[col].astype(np.float64).round() if integer_coords else df[col].astype(np.float64)
+    df[columns.name] = df[columns.name].astype(str)
+    dup = df[columns.name].duplicated()
     if dup.any():
-        raise DataError(f"synapse table {path}: duplicate synapse names {df.loc[dup, L.NAME_COLUMN].tolist()[:5]}")
+        raise DataError(f"synapse table {path}: duplicate synapse names {df.loc[dup, columns.name].tolist()[:5]}")
+    renames = {k: v for k, v in columns.to_canonical().items() if k != v}
+    clash = [v for k, v in renames.items() if v in df.columns and v not in renames]
+    if clash:
+        raise DataError(
+            f"synapse table {path}: it has column(s) {clash} besides the configured ones; rename them or use them as the configured columns"
+        )
+    df = df.rename(columns=renames)
     if bbox is not None:
         df.insert(0, L.BBOX_COLUMN, bbox)
     return df
+
+
+def has_side_points(table: pd.DataFrame) -> bool:
+    """True when at least one synapse has both side points."""
+    cols = [*L.SIDE1_COLUMNS, *L.SIDE2_COLUMNS]
+    if table.empty or any(c not in table for c in cols):
+        return False
+    return bool(table[cols].notna().all(axis=1).any())
 
 
 @dataclass
@@ -211,15 +250,26 @@ class BboxData:
 
     name: str
     raw: object
-    seg: object
-    mask: object
+    seg: object | None  # None: the dataset has no neurite segmentation
+    mask: object | None  # None: the dataset has no extra-label volume
     table: pd.DataFrame
     label_ids: L.LabelIds
     sources: dict[str, Path] = field(default_factory=dict)
+    voxel_size_nm: tuple[float, float, float] | None = None  # z, y, x; None = the configuration's
+    dataset: str = ""  # the dataset's name, for messages and reports
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.raw.shape)  # type: ignore[attr-defined]
+
+    def capabilities(self) -> L.DataCapabilities:
+        """What this bbox can serve (see :func:`synapse_nb.labels.missing_for_type`)."""
+        return L.DataCapabilities(
+            label_ids=self.label_ids,
+            has_seg=self.seg is not None,
+            has_mask=self.mask is not None,
+            has_sides=has_side_points(self.table),
+        )
 
 
 def _check_same_geometry(name: str, volumes: Mapping[str, SliceStack]) -> None:
@@ -261,6 +311,7 @@ def open_seed_bbox(
         table=table,
         label_ids=L.label_ids_for(name, label_table),
         sources={**folders, "table": table_path},
+        dataset=str(raw_dir),
     )
 
 
@@ -295,21 +346,51 @@ def discover_bboxes(raw_dir: str | Path) -> list[str]:
 
 
 def open_dataset(cfg: "Config") -> list[BboxData]:
-    """Open the bboxes a configuration names (all bboxes under ``raw_dir`` when none are)."""
+    """Open the bboxes a configuration names.
+
+    With ``cfg.dataset`` set, the dataset description YAML (:mod:`synapse_nb.dataset`) says
+    where the volumes and tables are, and its voxel size and label ids win over
+    ``voxel_size_nm`` / ``label_table``. Otherwise the seed layout under ``raw_dir`` ...
+    is read (all bboxes under ``raw_dir`` when none are named).
+    """
+    if cfg.dataset:
+        from .dataset import open_dataset_description
+
+        bboxes = open_dataset_description(cfg.dataset, list(cfg.bboxes) or None)
+        logger.info(
+            "dataset description %s: its voxel size %s nm and label ids are used; voxel_size_nm, label_table, "
+            "raw_dir, seg_dir, mask_dir and table_dir in the parameters are ignored",
+            cfg.dataset,
+            list(bboxes[0].voxel_size_nm or ()),
+        )
+        return bboxes
     names = list(cfg.bboxes) or discover_bboxes(cfg.raw_dir)
     return open_seed_dataset(names, cfg.raw_dir, cfg.seg_dir, cfg.mask_dir, cfg.table_dir, cfg.label_ids())
 
 
-def dataset_summary(bboxes: Sequence[BboxData]) -> pd.DataFrame:
-    """One row per bbox: shape, synapse count and the label ids in use."""
+def _source_text(b: BboxData) -> str:
+    raw = b.raw
+    fmt = getattr(raw, "fmt", "slices" if isinstance(raw, SliceStack) else type(raw).__name__)
+    where = b.sources.get("raw", getattr(raw, "path", getattr(raw, "folder", "")))
+    key = getattr(raw, "key", None)
+    return f"{fmt}: {where}" + (f" [{key}]" if key else "")
+
+
+def dataset_summary(bboxes: Sequence[BboxData], voxel_size_nm: Sequence[float] | None = None) -> pd.DataFrame:
+    """One row per bbox: source, shape, voxel size, synapse count, label ids, seg/mask presence."""
     rows = []
     for b in bboxes:
+        vox = b.voxel_size_nm or (tuple(voxel_size_nm) if voxel_size_nm is not None else None)
         rows.append(
             {
                 "bbox": b.name,
+                "source": _source_text(b),
                 "shape (z, y, x)": "x".join(str(s) for s in b.shape),
+                "voxel (z, y, x) nm": ", ".join(f"{float(v):g}" for v in vox) if vox else "",
                 "synapses": len(b.table),
                 **{f"{k} id": v for k, v in b.label_ids.as_dict().items()},
+                "seg": b.seg is not None,
+                "mask": b.mask is not None,
             }
         )
     return pd.DataFrame(rows)

@@ -101,3 +101,114 @@ SEGTYPE_BITS: dict[int, int] = {
     11: BIT_CLEFT | BIT_PRE,
 }
 MITO_DILATION_TYPE11 = 2
+
+
+# --- table columns (configurable for other datasets, SPEC 3.2) --------------------------
+@dataclass(frozen=True)
+class TableColumns:
+    """Column names of a synapse table; the seed's names by default.
+
+    Tables are renamed to the seed's names on reading, so the rest of the package only
+    ever sees :data:`NAME_COLUMN`, :data:`CENTER_COLUMNS` ...
+    """
+
+    name: str = NAME_COLUMN
+    center: tuple[str, str, str] = CENTER_COLUMNS  # x, y, z
+    side1: tuple[str, str, str] = SIDE1_COLUMNS
+    side2: tuple[str, str, str] = SIDE2_COLUMNS
+
+    def required(self) -> tuple[str, ...]:
+        return (self.name, *self.center, *self.side1, *self.side2)
+
+    def to_canonical(self) -> dict[str, str]:
+        """Rename map: this table's names -> the seed's names."""
+        return dict(zip(self.required(), REQUIRED_TABLE_COLUMNS))
+
+
+SEED_COLUMNS = TableColumns()
+
+
+# --- what each segmentation type needs from a dataset -----------------------------------
+SEGMENTATION_TYPE_SHORT: dict[int, str] = {
+    0: "raw",
+    1: "pre",
+    2: "post",
+    3: "pre + post",
+    4: "vesicle + cleft + cleft2",
+    5: "pre + post + vesicle + cleft",
+    6: "vesicle",
+    7: "cleft + cleft2",
+    8: "mitochondrion",
+    9: "vesicle + cleft",
+    10: "cleft + pre",
+    11: "cleft + pre - mitochondria",
+}
+
+
+@dataclass(frozen=True)
+class TypeNeeds:
+    """What a segmentation type needs from a dataset.
+
+    ``partners``: the two partner segments (a neurite segmentation and side points); their
+    union (type 3) does not depend on which one is presynaptic. ``decided``: which partner
+    is presynaptic, decided by overlap with the vesicle cloud, so it also needs a
+    vesicle-cloud label.
+    """
+
+    partners: bool = False
+    decided: bool = False
+    vesicle: bool = False
+    cleft: bool = False
+    cleft2: bool = False
+    mito: bool = False
+
+
+SEGTYPE_NEEDS: dict[int, TypeNeeds] = {
+    0: TypeNeeds(),
+    1: TypeNeeds(partners=True, decided=True),
+    2: TypeNeeds(partners=True, decided=True),
+    3: TypeNeeds(partners=True),
+    4: TypeNeeds(vesicle=True, cleft=True, cleft2=True),
+    5: TypeNeeds(partners=True, vesicle=True, cleft=True),
+    6: TypeNeeds(vesicle=True),
+    7: TypeNeeds(cleft=True, cleft2=True),
+    8: TypeNeeds(mito=True),
+    9: TypeNeeds(vesicle=True, cleft=True),
+    10: TypeNeeds(partners=True, decided=True, cleft=True),
+    11: TypeNeeds(partners=True, decided=True, cleft=True, mito=True),
+}
+
+_LABEL_WORDS = {"vesicle": "a vesicle-cloud label", "cleft": "a cleft label", "cleft2": "a second cleft label (cleft2)", "mito": "a mitochondria label"}
+
+
+@dataclass(frozen=True)
+class DataCapabilities:
+    """What one bbox provides: label ids (0 = not annotated), seg/mask volumes, side points."""
+
+    label_ids: LabelIds
+    has_seg: bool = True
+    has_mask: bool = True
+    has_sides: bool = True
+
+
+def missing_for_type(segmentation_type: int, caps: DataCapabilities) -> list[tuple[str, str]]:
+    """(what is needed, what the data has instead) for each unmet need; empty = supported."""
+    needs = SEGTYPE_NEEDS[int(segmentation_type)]
+    out: list[tuple[str, str]] = []
+    if needs.partners:
+        if not caps.has_seg:
+            out.append(("a neurite segmentation (seg)", "no seg volume"))
+        if not caps.has_sides:
+            out.append(("side points", "the side columns are empty"))
+    labels = [k for k in ("vesicle", "cleft", "cleft2", "mito") if getattr(needs, k) or (k == "vesicle" and needs.decided)]
+    for k in labels:
+        if not caps.has_mask:
+            out.append((_LABEL_WORDS[k], "no mask volume"))
+        elif int(getattr(caps.label_ids, k)) == 0:
+            out.append((_LABEL_WORDS[k], f"labels.{k}: 0"))
+    return out
+
+
+def supported_types(caps: DataCapabilities) -> list[int]:
+    """Segmentation types a bbox with these capabilities can serve."""
+    return [t for t in SEGMENTATION_TYPES if not missing_for_type(t, caps)]

@@ -73,11 +73,13 @@ def test_shipped_parameter_files_are_valid():
     root = Path(__file__).resolve().parents[1] / "parameters"
     files = sorted(root.glob("*.yaml"))
     assert files, "no parameter files shipped"
-    from synapse_nb import runner, sweep
+    from synapse_nb import dataset, runner, sweep
 
     for path in files:
         data = yaml.safe_load(path.read_text())
-        if "grid" in data:
+        if dataset.is_description(data):
+            dataset.load_dataset_description(path)
+        elif "grid" in data:
             sweep.validate(sweep.expand(sweep.read_spec(path)), list(runner.PIPELINE), str(path))
         else:
             runner.plan_parameters(data, runner.PIPELINE, source=str(path))
