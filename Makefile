@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := data/demo
 
-.PHONY: install demo demo-data test bench clean-runs
+REALDATA ?= ../shared/realdata
+VNC    := data/vnc
+
+.PHONY: install demo demo-data vnc test bench clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,12 +27,21 @@ demo-data: $(DEMO)/.complete
 demo: $(STAMP) $(DEMO)/.complete
 	$(BIN)/python -m synapse_nb run parameters/demo.yaml
 
+# Real data (CC BY-NC-SA 3.0, never committed): the Drosophila VNC ssTEM stack, converted once.
+$(VNC)/dataset.yaml: | $(STAMP)
+	$(BIN)/python -m synapse_nb convert-vnc --src $(REALDATA)/drosophila_vnc_sstem --out $(VNC)
+
+vnc: $(STAMP) $(VNC)/dataset.yaml
+	$(BIN)/python -m synapse_nb run parameters/vnc.yaml
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_network.py
 	$(BIN)/python benchmarks/bench_cubes.py
+	$(BIN)/python benchmarks/bench_volumes.py
+	$(BIN)/python benchmarks/bench_attention.py
 
 clean-runs:
 	rm -rf runs reports/run_*

@@ -16,7 +16,8 @@ __all__ = ["say", "setup", "__version__"]
 _SUBMODULES = {
     "atomic", "config", "cubes", "demo", "extract", "io", "labels", "model", "notebook",
     "gallery", "plots", "progress", "report", "runner", "runs", "reduce", "cluster", "compare", "maps", "export",
-    "volumes", "dataset", "vnc", "attention", "presynapse", "widgets",
+    "volumes", "dataset", "vnc", "attention", "attention_plots", "presynapse", "presynapse_stats",
+    "presynapse_report", "widgets",
 }
 
 

@@ -1,0 +1,453 @@
+"""Grad-CAM (synapse_nb.attention, attention_plots): known answers, shapes, targets, alignment."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from scipy import ndimage
+from torch import nn
+
+from synapse_nb import attention as A
+from synapse_nb import attention_plots as P
+from synapse_nb import config as C
+from synapse_nb import labels as L
+from synapse_nb import reduce as R
+from synapse_nb.cubes import CubeGeometry, CubeSet, render
+from synapse_nb.model import build_model
+from synapse_nb.runs import Run
+
+from .conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --------------------------------------------------------------------------------------
+# a hand-built network whose right answer is known
+# --------------------------------------------------------------------------------------
+def two_detector_net() -> nn.Sequential:
+    """features.0: channel 0 = x, channel 1 = -x (1x1 conv); ReLU; pool; features.3: a per-channel
+    3^3 box mean. Channel 0 sees bright blobs, channel 1 dark ones, nothing else."""
+    conv0 = nn.Conv3d(1, 2, kernel_size=1)
+    conv3 = nn.Conv3d(2, 2, kernel_size=3, padding=1)
+    with torch.no_grad():
+        conv0.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1, 1))
+        conv0.bias.zero_()
+        conv3.weight.zero_()
+        conv3.weight[0, 0] = 1 / 27
+        conv3.weight[1, 1] = 1 / 27
+        conv3.bias.zero_()
+    return nn.Sequential(conv0, nn.ReLU(inplace=True), nn.MaxPool3d(2), conv3).eval()
+
+
+def two_blob_input(size: int = 16) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    x = torch.zeros(1, 1, size, size, size)
+    bright = np.zeros((size,) * 3, bool)
+    dark = np.zeros((size,) * 3, bool)
+    bright[2:6, 2:6, 2:6] = True
+    dark[10:14, 10:14, 10:14] = True
+    x[0, 0][torch.from_numpy(bright)] = 1.0
+    x[0, 0][torch.from_numpy(dark)] = -1.0
+    return x, bright, dark
+
+
+@pytest.mark.parametrize("channel", [0, 1])
+def test_map_peaks_where_the_target_is_decided(channel):
+    net = two_detector_net()
+    x, bright, dark = two_blob_input()
+    target_region, other = (bright, dark) if channel == 0 else (dark, bright)
+    scores, maps, peaks = A.gradcam(net, x, [0, 3], lambda a: a[:, channel].mean(dim=(1, 2, 3)), upto=3)
+    assert scores.shape == (1,) and scores[0] > 0
+    assert (peaks > 0).all()
+    for layer in (0, 3):
+        m = maps[layer][0]
+        assert m.shape == (16, 16, 16) and m.max() == pytest.approx(1.0)
+        peak = np.unravel_index(np.argmax(m), m.shape)
+        assert target_region[peak], f"layer {layer} peaks at {peak}, outside the region that decides the target"
+        # the blob that does not change the target gets (almost) no attention
+        assert m[other].max() < 0.05 * m[target_region].max()
+    # layer 0 is at full resolution: the map is exactly the deciding blob
+    assert np.array_equal(maps[0][0] > 0, target_region)
+
+
+def test_map_of_a_real_vgg3d_stays_where_the_input_is():
+    """Zero input except a blob, zero biases: activations of features.3 (receptive field 5^3)
+    are zero more than 2 voxels from the blob, so the map must be zero there too."""
+    model, _ = build_model(None, seed=1)
+    x, bright, _ = two_blob_input(32)
+    x[x < 0] = 0
+    scores, maps, peaks = A.gradcam(model.features, x, [3], lambda a: a.mean(dim=(1, 2, 3, 4)), upto=33)
+    m = maps[3][0]
+    near = ndimage.binary_dilation(bright, np.ones((3, 3, 3), bool), iterations=2)  # two 3^3 convolutions
+    assert peaks[0, 0] > 0 and m.max() == pytest.approx(1.0)
+    assert m[~near].max() == 0.0
+    assert near[np.unravel_index(np.argmax(m), m.shape)]
+
+
+# --------------------------------------------------------------------------------------
+# shapes, normalisation, small cubes
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vgg():
+    model, info = build_model(None, seed=7)
+    return model, info
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_vgg3d_maps_have_the_input_shape_and_are_normalised(vgg, size):
+    model, _ = vgg
+    x = torch.rand(2, 1, size, size, size, generator=torch.Generator().manual_seed(0))
+    target = A.NormTarget(33, "avg")
+    scores, maps, peaks = A.gradcam(model.features, x, [3, 20, 27], lambda a: target.score(a, [0, 1]), upto=33)
+    assert scores.shape == (2,) and np.all(scores > 0)
+    assert set(maps) == {3, 20, 27} and peaks.shape == (2, 3)
+    for layer, m in maps.items():
+        assert m.shape == (2, size, size, size) and m.dtype == np.float32
+        assert m.min() >= 0
+        for i in range(2):
+            assert m[i].max() == pytest.approx(1.0 if peaks[i, [3, 20, 27].index(layer)] > 0 else 0.0)
+    assert target.last_pooled.shape == (2, 192)
+    assert not any(p.requires_grad is False for p in model.parameters()), "parameters restored"
+
+
+def test_normalise_keeps_empty_maps_zero():
+    cam = torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0]])
+    out, peak = A.normalise_maps(cam)
+    assert out.tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]] and peak.tolist() == [4.0, 0.0]
+
+
+def test_layers_after_the_target_have_no_map(vgg):
+    model, _ = vgg
+    with pytest.raises(ValueError, match=r"layers \[27\] come after features.20"):
+        A.gradcam(model.features, torch.rand(1, 1, 16, 16, 16), [3, 27], lambda a: a.mean(dim=(1, 2, 3, 4)), upto=20)
+    ok, skipped = A._layers_for([3, 20, 27], 20, "cluster")
+    assert ok == [3, 20] and list(skipped) == [27]
+    assert "no gradient" in skipped[27] and "attention_layers up to 20" in skipped[27]
+
+
+# --------------------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------------------
+def synthetic_clusters(n: int = 24, d: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    feats = rng.gamma(2.0, 1.0, size=(n, d))
+    feats[:, 3] = 1.5  # a constant feature stays at 0 after standardising
+    df = pd.DataFrame(feats, columns=[f"feat_{i:04d}" for i in range(d)])
+    Xs, _ = R.standardize(df)
+    Z, _ = R.pca(Xs, 5)
+    emb = pd.DataFrame(Z.astype(np.float32), columns=[f"pca_{i}" for i in range(1, 6)])
+    labels = (Z[:, 0] > 0).astype(int)
+    labels[0] = -1
+    return df, emb, labels
+
+
+def test_cluster_space_reproduces_the_stored_pca_scores():
+    df, emb, labels = synthetic_clusters()
+    space = A.cluster_space(df, emb, labels)
+    assert space.residual < 1e-5 and set(space.centroids) == {0, 1}
+    z = space.project(torch.as_tensor(df.to_numpy())).numpy()
+    assert np.allclose(z, emb.to_numpy(), atol=1e-4)
+    assert np.allclose(space.centroids[1], emb.to_numpy()[labels == 1].mean(axis=0))
+
+
+def test_cluster_space_refuses_scores_from_other_features():
+    df, emb, labels = synthetic_clusters()
+    other = pd.DataFrame(np.random.default_rng(5).normal(size=emb.shape), columns=emb.columns)
+    with pytest.raises(A.AttentionError, match="not a linear projection of the standardised features"):
+        A.cluster_space(df, other, labels)
+    with pytest.raises(A.AttentionError, match="do not line up"):
+        A.cluster_space(df, emb.iloc[:-1], labels)
+
+
+def test_cluster_target_is_cosine_to_the_own_centroid():
+    df, emb, labels = synthetic_clusters()
+    space = A.cluster_space(df, emb, labels)
+    target = A.ClusterTarget(3, "avg", space, labels)
+    rows = [1, 2, 5]
+    # an "activation" whose average pooling gives exactly the stored features of these rows
+    act = torch.as_tensor(df.to_numpy()[rows], dtype=torch.float32)[:, :, None, None, None].expand(-1, -1, 2, 2, 2)
+    got = target.score(act, rows).numpy()
+    Z = emb.to_numpy(np.float64)
+    want = [Z[r] @ space.centroids[labels[r]] / np.linalg.norm(Z[r]) / np.linalg.norm(space.centroids[labels[r]]) for r in rows]
+    assert np.allclose(got, want, atol=1e-4)
+
+
+def small_head_model(n_classes: int = 3, size: int = 32):
+    model, info = build_model(None, seed=3)
+    torch.manual_seed(0)
+    model.classifier = nn.Sequential(nn.Linear(192 * (size // 16) ** 3, n_classes))
+    model.num_classes = n_classes
+    return model, info
+
+
+def test_logit_target_explains_one_class():
+    model, info = small_head_model()
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    target = A.logit_target(model, info, -1)
+    scores, maps, _ = A.gradcam(model.features, x, [20, 27], lambda a: target.score(a, [0, 1]), upto=target.upto)
+    pred = logits.argmax(1)
+    assert np.allclose(scores, logits.gather(1, pred[:, None])[:, 0].numpy(), atol=1e-5)
+    assert target.last_extra["predicted_class"].tolist() == pred.tolist()
+    assert maps[20].shape == (2, 32, 32, 32)
+    fixed = A.logit_target(model, info, 2)
+    s2, _, _ = A.gradcam(model.features, x, [27], lambda a: fixed.score(a, [0, 1]), upto=33)
+    assert np.allclose(s2, logits[:, 2].numpy(), atol=1e-5) and fixed.last_extra["class"].tolist() == [2, 2]
+
+
+def test_logit_target_errors_name_the_key():
+    model, info = build_model(None, seed=3)
+    with pytest.raises(A.AttentionError, match=r"attention_target 'logit' needs a classifier head.*weights_path.*'cluster' or 'norm'"):
+        A.logit_target(model, info, -1)
+    model, info = small_head_model()
+    with pytest.raises(A.AttentionError, match=r"attention_class 3 is out of range: the head has 3 classes"):
+        A.logit_target(model, info, 3)
+    target = A.logit_target(model, info, 0)
+    with pytest.raises(A.AttentionError, match=r"expects 1536 trunk outputs.*set cube_size 80"):
+        A.gradcam(model.features, torch.rand(1, 1, 16, 16, 16), [27], lambda a: target.score(a, [0]), upto=33)
+
+
+# --------------------------------------------------------------------------------------
+# a tiny study: alignment of maps, inputs and masks
+# --------------------------------------------------------------------------------------
+S = 16
+
+
+def synthetic_cubeset(n: int = 4) -> CubeSet:
+    rng = np.random.default_rng(2)
+    raw = rng.integers(10, 250, size=(n, S, S, S)).astype(np.uint8)
+    bits = np.zeros((n, S, S, S), np.uint8)
+    for i in range(n):
+        bits[i, :, : S // 2] |= L.BIT_PRE
+        bits[i, :, S // 2 :] |= L.BIT_POST
+        bits[i, 6 + i : 9 + i, 7:9, 4:12] |= L.BIT_CLEFT  # a different place in every cube
+        bits[i, 2:5, 2:5, 2:5] |= L.BIT_VESICLE
+    table = pd.DataFrame({"bbox": ["bbox1"] * n, "Var1": [f"syn{i}" for i in range(n)]})
+    for a in "zyx":
+        table[f"pad_{a}_before"] = 0
+        table[f"pad_{a}_after"] = 0
+    table.loc[1, "pad_z_before"] = 3  # cube 1 leaves the volume: its first 3 slices are padding
+    return CubeSet(raw=raw, bits=bits, table=table, skipped=pd.DataFrame(columns=["bbox", "Var1", "table_row", "reason"]),
+                   geometry=CubeGeometry(size=S))
+
+
+def tiny_study(target: str = "norm") -> A.Study:
+    cubes = synthetic_cubeset()
+    features = cubes.table[["bbox", "Var1"]].iloc[::-1].reset_index(drop=True)  # another order than the cubes
+    for i in range(4):
+        features[f"feat_{i:04d}"] = 0.0
+    model, info = build_model(None, seed=4)
+    cfg = C.make_config({"cube_size": S, "segmentation_type": 5, "attention_layers": [3, 20], "attention_target": target})
+    return A.Study(cfg, features, np.array([0, 0, 1, 1]), None, None, cubes, model, info, "0_1",
+                   A.NormTarget(33, "avg"), [3, 20], {})
+
+
+def test_maps_inputs_and_masks_share_the_cube_of_the_same_synapse():
+    study = tiny_study()
+    result = A.explain(study, {"cluster 0": [0], "cluster 1": [2, 3]}, batch_size=2, show_progress=False)
+    cubes = study.cubes
+    assert result.samples["Var1"].tolist() == ["syn3", "syn1", "syn0"]
+    assert result.samples["cube_row"].tolist() == [3, 1, 0]
+    assert result.samples["group"].tolist() == ["cluster 0", "cluster 1", "cluster 1"]
+    want = cubes.rendered(segmentation_type=5, alpha=1.0, indices=[3, 1, 0])[0:3]
+    assert np.array_equal(result.inputs, want)
+    assert np.array_equal(result.bits, cubes.bits[[3, 1, 0]])
+    assert result.maps.shape == (3, 2, S, S, S)
+    assert result.valid[1, :3].sum() == 0 and result.valid[1, 3:].all() and result.valid[0].all()
+    # the cleft mask is exactly where a type-7 rendering keeps the raw intensities
+    for i, row in enumerate([3, 1, 0]):
+        cleft = A.structure_masks(result.bits[i])["cleft"]
+        seven = render(cubes.raw[row], cubes.bits[row], 7, alpha=1.0, gray_value=0.6)
+        x = cubes.raw[row].astype(np.float32)
+        x = (x - x.min()) / (x.max() - x.min())
+        assert np.allclose(seven[cleft], x[cleft]) and np.all(seven[~cleft] == np.float32(0.6))
+        assert cleft[6 + row, 7, 4] and not cleft[5 + row, 7, 4]
+    assert (result.samples["weights"] == "RANDOM weights (seed 4)").all()
+    assert "RANDOM weights" in result.notes()
+
+
+def test_overlap_metrics_exact_values():
+    att = np.zeros((4, 4, 4), np.float32)
+    att[0, 0, :] = [1.0, 0.8, 0.2, 0.0]
+    mask = np.zeros((4, 4, 4), bool)
+    mask[0, 0, 1:3] = True
+    valid = np.ones((4, 4, 4), bool)
+    got = A.overlap_metrics(att, mask, valid, 0.5)
+    # attended = {(0,0,0), (0,0,1)}; mask = {(0,0,1), (0,0,2)}; one voxel in common
+    assert got["dice"] == pytest.approx(2 * 1 / 4) and got["iou"] == pytest.approx(1 / 3)
+    assert got["inside"] == pytest.approx(0.5) and got["outside"] == pytest.approx(1.0 / 62)
+    assert got["inside_outside_ratio"] == pytest.approx(0.5 * 62)
+    assert got["mask_fraction"] == pytest.approx(2 / 64) and got["attended_fraction"] == pytest.approx(2 / 64)
+    valid[0, 0, 0] = False  # padding does not count
+    assert A.overlap_metrics(att, mask, valid, 0.5)["dice"] == pytest.approx(2 * 1 / 3)
+    empty = A.overlap_metrics(att, np.zeros_like(mask), valid, 0.5)
+    assert empty["mask_voxels"] == 0 and np.isnan(empty["dice"])
+
+
+def fake_result(n: int = 3, layers=(3, 20)) -> A.AttentionResult:
+    cubes = synthetic_cubeset(n)
+    maps = np.zeros((n, len(layers), S, S, S), np.float32)
+    maps[:, :, 10:13, 7:9, 4:12] = 1.0  # a slab at z 10..12 (the cleft of cube i is at z 6+i..8+i)
+    maps[:, 1] *= 0.5  # layer 20: the same slab at half strength with one peak voxel
+    maps[:, 1, 10, 8, 8] = 1.0
+    samples = pd.DataFrame({"feature_row": range(n), "bbox": "bbox1", "Var1": [f"<b>syn{i}</b>" for i in range(n)],
+                            "cube_row": range(n), "group": ["cluster 0"] * n, "cluster": "0"})
+    for layer in layers:
+        samples[f"empty_map_{layer}"] = False
+    inputs = np.stack([render(cubes.raw[i], cubes.bits[i], 0) for i in range(n)])
+    return A.AttentionResult(samples, list(layers), maps, inputs, cubes.bits, np.ones((n, S, S, S), bool), "cluster",
+                             "RANDOM weights (seed 42) — features are not from a trained network", 0.5)
+
+
+def test_overlap_table_and_summary():
+    result = fake_result()
+    overlap = A.overlap_table(result)
+    assert len(overlap) == 3 * 2 * len(A.STRUCTURES)
+    cleft = overlap[(overlap["structure"] == "cleft") & (overlap["layer"] == 3)].set_index("feature_row")
+    # cube i has its cleft at z 6+i..8+i; attention sits at z 10..12: overlap only for cube 2 (z 8..10)
+    assert cleft.loc[0, "dice"] == 0 and cleft.loc[2, "dice"] > 0
+    assert (overlap.loc[overlap["structure"] == "mito", "mask_voxels"] == 0).all()
+    summary = A.overlap_summary(overlap, result.weights)
+    assert list(summary["structure"][:5]) == list(A.STRUCTURES) and len(summary) == 10
+    mito = summary[summary["structure"] == "mito"]
+    assert (mito["n_synapses"] == 0).all() and mito["dice"].isna().all()
+    assert (summary["weights"] == "RANDOM weights (seed 42)").all()
+
+
+def test_top_regions_find_where_attention_concentrates():
+    result = fake_result()
+    regions = A.top_regions(result)
+    first = regions[(regions["layer"] == 3) & (regions["region"] == 1)].iloc[0]
+    assert first["voxels"] == 3 * 2 * 8 and first["share_of_attention"] == pytest.approx(1.0)
+    assert (first["centre_z"], first["centre_y"], first["centre_x"]) == pytest.approx((11.0, 7.5, 7.5))
+    assert first["offset_z_nm"] == pytest.approx((11 - 8) * 8.0) and first["offset_y_nm"] == pytest.approx(-0.5 * 8)
+    late = regions[regions["layer"] == 20]
+    assert len(late) == 1 and late["voxels"].iloc[0] == 3 * 2 * 8 and late["peak"].iloc[0] == pytest.approx(1.0)
+
+
+def test_select_rows_representatives_and_random():
+    study = tiny_study()
+    study.points = np.array([[0.0], [1.0], [10.0], [10.5]])
+    assert A.select_rows(study) == {"cluster 0": [0, 1], "cluster 1": [2, 3]}
+    study.cfg.attention_per_cluster = 1
+    assert A.select_rows(study) == {"cluster 0": [0], "cluster 1": [2]}
+    picked = A.select_rows(study, n_samples=3)["sample"]
+    assert len(picked) == 3 and picked == sorted(set(picked))
+    study.points = None
+    with pytest.raises(A.AttentionError, match="give n_samples > 0"):
+        A.select_rows(study)
+
+
+def test_feature_config_uses_the_settings_of_02_extract(tmp_path: Path):
+    run = Run(tmp_path)
+    cfg = C.make_config({"attention_target": "norm", "segmentation_type": 10})
+    with pytest.raises(FileNotFoundError, match="run step 02_extract first"):
+        A.feature_config(run, cfg)
+    recorded = C.make_config({"segmentation_type": 5, "alpha": 0.5, "extraction_method": "stage_specific", "layer_num": 20,
+                              "weights_path": "/w/a.ckpt", "attention_target": "cluster"}).to_dict()
+    (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded))
+    got = A.feature_config(run, cfg)
+    assert (got.segmentation_type, got.alpha, got.extraction_method, got.layer_num) == (5, 0.5, "stage_specific", 20)
+    assert got.attention_target == "norm" and got.weights_path == "/w/a.ckpt"
+    assert A.feature_config(run, cfg.model_copy(update={"weights_path": "/w/b.ckpt"})).weights_path == "/w/b.ckpt"
+
+
+# --------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------
+def test_figures_show_every_layer_and_say_random_weights():
+    result = fake_result()
+    fig = P.overlay_figure(result, depths=[2, 8, 11])
+    assert len(fig.axes) == 3 * 3 and "RANDOM weights" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match=r"depths \[16\] are outside the cube"):
+        P.overlay_figure(result, 0, [16])
+    assert len(P.layer_comparison(result).axes) == 3 * 3
+    assert len(P.mean_map_figure(result).axes) == 2 * 6
+    frames = P.depth_frames(result, 0)
+    assert frames.shape == (16, 64, (3 * 16 + 2 * 2) * 4, 3) and frames.dtype == np.uint8
+    gifs = P.depth_gifs(result, 2).data
+    assert gifs.count("data:image/gif;base64,") == 2 and "&lt;b&gt;syn0&lt;/b&gt;" in gifs and "<b>syn0" not in gifs
+    fig3d = P.mean_map_3d(result)
+    assert len(fig3d.data) == 2 and "RANDOM weights" in fig3d.layout.title.text
+    summary = A.overlap_summary(A.overlap_table(result), result.weights)
+    bars = P.overlap_figure(summary, result.weights)
+    assert len(bars.data) == 4 and "RANDOM weights" in bars.layout.title.text
+
+
+def test_overlay_rgb_blends_by_attention():
+    gray = np.full((2, 2), 0.5, np.float32)
+    att = np.array([[0.0, 1.0], [0.5, 0.0]], np.float32)
+    rgb = P.overlay_rgb(gray, att)
+    assert rgb.shape == (2, 2, 3) and (rgb[0, 0] == 128).all() and not (rgb[0, 1] == 128).all()
+
+
+# --------------------------------------------------------------------------------------
+# the notebook
+# --------------------------------------------------------------------------------------
+@pytest.mark.notebooks
+def test_attention_notebook_runs_on_a_finished_run(pipeline_run):
+    import nbformat
+    import papermill
+
+    from synapse_nb.report import export_html
+
+    result, _ = pipeline_run
+    run = result.run
+    executed = run.notebooks_dir / "05_attention.ipynb"
+    papermill.execute_notebook(
+        str(PROJECT_ROOT / "notebooks" / "05_attention.ipynb"), str(executed), kernel_name="python3", cwd=str(PROJECT_ROOT),
+        parameters={"run_dir": str(run.path), "attention_layers": [3, 20, 27], "attention_per_cluster": 1, "n_gifs": 2},
+        progress_bar=False,
+    )
+    samples = pd.read_parquet(run.table("attention_samples"))
+    clusters = pd.read_parquet(run.table("clusters"))
+    assert len(samples) == clusters.loc[clusters["cluster_label"] >= 0, "cluster_label"].nunique()
+    assert (samples["target"] == "cluster").all() and samples["feature_match"].min() > 0.99
+    assert (samples["weights"] == "RANDOM weights (seed 42)").all()
+    summary = pd.read_parquet(run.table("attention_overlap_summary"))
+    assert set(summary["layer"]) == {3, 20, 27} and set(summary["structure"]) == set(A.STRUCTURES)
+    assert summary["dice"].dropna().between(0, 1).all()
+    overlap = pd.read_parquet(run.table("attention_overlap"))
+    assert len(overlap) == len(samples) * 3 * len(A.STRUCTURES)
+    with np.load(run.path / "attention" / "maps.npz") as npz:
+        assert npz["maps"].shape == (len(samples), 3, 32, 32, 32) and npz["layers"].tolist() == [3, 20, 27]
+    nb = nbformat.read(str(executed), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    html_path = export_html(executed, run.html_dir / "05_attention.html")
+    html = html_path.read_text()
+    assert html.count("data:image/gif;base64,") == 2 and html.count("data:image/png;base64,") >= 3
+    assert html.count("Plotly.newPlot") >= 2 and "RANDOM weights" in html
+    assert not re.search(r"<script[^>]+src=[\"']https?://", html) and "import synapse_nb" not in html
+
+
+def test_load_study_from_a_run_without_clusters(tmp_path: Path):
+    run = Run(tmp_path)
+    cubes = synthetic_cubeset()
+    cubes.save(run.cubes_dir)
+    recorded = C.make_config({"cube_size": S, "extraction_method": "stage_specific", "layer_num": 20, "pooling_method": "max"})
+    (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
+    features = cubes.table[["bbox", "Var1"]].copy()
+    for i in range(96):
+        features[f"feat_{i:04d}"] = 1.0
+    run.write_table(features, "features")
+    with pytest.raises(A.AttentionError, match=r"attention_target 'cluster' needs the clusters of 04_cluster"):
+        A.load_study(run, C.make_config({"attention_target": "cluster"}))
+    with pytest.raises(A.AttentionError, match=r"none of attention_layers \[27\] can be explained"):
+        A.load_study(run, C.make_config({"attention_target": "norm", "attention_layers": [27]}))
+    study = A.load_study(run, C.make_config({"attention_target": "norm"}))
+    assert study.layers == [3, 20] and list(study.skipped_layers) == [27] and study.target.upto == 20
+    text = study.describe()
+    assert "RANDOM weights (seed 42)" in text and "max pooling of features.20" in text and "at 4^3" in text
+    assert "features.27 is skipped" in text and "cubes of 16^3" in text
+    with pytest.raises(A.AttentionError, match="give n_samples > 0"):
+        A.select_rows(study)
+    result = A.explain(study, A.select_rows(study, n_samples=2), show_progress=False)
+    assert result.maps.shape == (2, 2, S, S, S) and result.skipped_layers == study.skipped_layers
+    assert "features.27 is skipped" in result.notes()
+    # features recomputed with the network of 02_extract: the stored constant ones do not match, and the notes say so
+    assert "recomputed features differ from 02_extract's" in result.notes()
