@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,6 +130,9 @@ class RunSummary:
     agreement: dict
     extraction: str
     warnings: list[str]
+    presynapse: dict = field(default_factory=dict)
+    attention: "pd.DataFrame | None" = None
+    attention_meta: dict = field(default_factory=dict)
 
     def headline(self) -> str:
         n = len(self.frame)
@@ -142,6 +145,31 @@ class RunSummary:
 
     def warnings_markdown(self) -> str:
         return "\n".join(f"- ⚠ {w}" for w in self.warnings) if self.warnings else "No warnings."
+
+    def presynapse_markdown(self) -> str:
+        """One sentence on the same-axon permutation test of 06_presynapse (if it ran)."""
+        t = self.presynapse
+        if not t:
+            return "06_presynapse did not run in this run."
+        if not t.get("n_groups"):
+            return f"No presynaptic neurite makes two or more analysed synapses ({t.get('n_excluded', 0)} excluded)."
+        p = t["p_value"]
+        verdict = "more alike than" if p <= 0.05 and (t.get("ratio") or 1) < 1 else "not detectably more alike than"
+        return (f"**{t['n_groups']} presynaptic neurites** make more than one synapse ({t['n_grouped']} synapses). "
+                f"Synapses of the same neurite are **{verdict}** others: intra/inter distance ratio "
+                f"{t['ratio']:.2f}, permutation p = {p:.2g} ({t['n_permutations']} shuffles).")
+
+    def attention_markdown(self) -> str:
+        """What 05_attention explained and which structure each layer attends to most."""
+        m = self.attention_meta
+        if not m or self.attention is None or not len(self.attention):
+            return "05_attention did not run in this run."
+        best = (self.attention.dropna(subset=["inside_outside_ratio"])
+                .sort_values("inside_outside_ratio", ascending=False).groupby("layer", sort=True).head(1))
+        parts = [f"features.{int(r.layer)}: {r.structure} ({r.inside_outside_ratio:.2f}x inside vs outside)" for r in best.itertuples()]
+        skipped = ", ".join(f"features.{k}" for k in m.get("skipped_layers", {}))
+        text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + ("; ".join(parts) or "none") + "."
+        return text + (f" Skipped (after the feature layer, no gradient): {skipped}." if skipped else "")
 
     def links_markdown(self) -> str:
         pages = sorted(p.name for p in (self.run_path / "html").glob("*.html") if p.stem != "07_report")
@@ -190,4 +218,10 @@ def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> Ru
     if "ambiguous" in features.columns and features["ambiguous"].any():
         warnings_list.append(f"{int(features['ambiguous'].sum())} synapses have an ambiguous pre/post decision.")
     param_table = pd.DataFrame({"parameter": list(params), "value": [str(v) for v in params.values()]})
-    return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction, warnings_list)
+    presyn_path = tables / "presynapse_test.json"
+    presynapse = json.loads(presyn_path.read_text()) if presyn_path.is_file() else {}
+    att_meta_path = run_path / "attention" / "attention.json"
+    attention_meta = json.loads(att_meta_path.read_text()) if att_meta_path.is_file() else {}
+    attention = table("attention_overlap_summary")
+    return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction,
+                      warnings_list, presynapse, attention, attention_meta)

@@ -1,0 +1,50 @@
+"""The run summary of 07_report: what it says about attention and shared axons."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from synapse_nb import report
+
+
+def _run(tmp_path: Path) -> Path:
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "html").mkdir()
+    return tmp_path
+
+
+def test_summary_without_attention_or_presynapse_says_so(tmp_path):
+    s = report.run_summary(_run(tmp_path))
+    assert s.presynapse_markdown() == "06_presynapse did not run in this run."
+    assert s.attention_markdown() == "05_attention did not run in this run."
+
+
+def test_presynapse_sentence_reports_the_test(tmp_path):
+    run = _run(tmp_path)
+    test = {"n_groups": 15, "n_grouped": 45, "p_value": 0.000999, "ratio": 0.35, "n_permutations": 1000, "n_excluded": 0}
+    (run / "tables" / "presynapse_test.json").write_text(json.dumps(test))
+    text = report.run_summary(run).presynapse_markdown()
+    assert "**15 presynaptic neurites**" in text and "(45 synapses)" in text
+    assert "**more alike than**" in text and "ratio 0.35" in text and "p = 0.001" in text
+    (run / "tables" / "presynapse_test.json").write_text(json.dumps({**test, "p_value": 0.4, "ratio": 0.97}))
+    assert "**not detectably more alike than**" in report.run_summary(run).presynapse_markdown()
+    (run / "tables" / "presynapse_test.json").write_text(json.dumps({"n_groups": 0, "n_excluded": 7}))
+    assert report.run_summary(run).presynapse_markdown() == "No presynaptic neurite makes two or more analysed synapses (7 excluded)."
+
+
+def test_attention_sentence_names_the_most_attended_structure_per_layer(tmp_path):
+    run = _run(tmp_path)
+    (run / "attention").mkdir()
+    (run / "attention" / "attention.json").write_text(json.dumps({"target": "cluster", "skipped_layers": {"27": "after layer 20"}}))
+    pd.DataFrame({
+        "layer": [3, 3, 20, 20],
+        "structure": ["cleft", "vesicle", "cleft", "vesicle"],
+        "inside_outside_ratio": [1.5, 2.5, 3.0, float("nan")],
+    }).to_parquet(run / "tables" / "attention_overlap_summary.parquet")
+    text = report.run_summary(run).attention_markdown()
+    assert "target **cluster**" in text
+    assert "features.3: vesicle (2.50x inside vs outside)" in text
+    assert "features.20: cleft (3.00x inside vs outside)" in text
+    assert "Skipped (after the feature layer, no gradient): features.27." in text
