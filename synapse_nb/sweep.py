@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +26,7 @@ import pandas as pd
 from . import atomic
 from . import config as C
 from .progress import progress
-from .runner import RunnerError, plan_parameters, run_pipeline, select_steps
+from .runner import RunnerError, RunStopped, plan_parameters, run_pipeline, select_steps, stop_on_signal
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +100,23 @@ def run_sweep(
     reports_root: str | Path | None = "reports",
     only: list[str] | None = None,
     start: str | None = None,
+    stop: threading.Event | None = None,
 ) -> pd.DataFrame:
     """Run every combination; returns the summary table (also written as ``summary.csv``).
 
     Passing an existing ``sweep_dir`` resumes it: combinations that finished are kept as
-    they are and only the others run.
+    they are and only the others run. Setting ``stop`` (or the runner's STOP_SIGNAL) stops
+    the running combination cleanly and starts no other; ``status.json`` in the sweep
+    folder says how far it got.
     """
+    if stop is None:
+        stop = threading.Event()
+        with stop_on_signal(stop):
+            return _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop)
+    return _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop)
+
+
+def _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop: threading.Event) -> pd.DataFrame:
     spec = read_spec(spec_path)
     combos = expand(spec)
     steps = select_steps(only, start)
@@ -116,26 +129,47 @@ def run_sweep(
     sweep_log = _attach_sweep_log(sweep_dir)
     logger.info("sweep %s: %d combinations x steps %s", sweep_dir, len(combos), ", ".join(steps))
     rows = []
+    state = {"kind": "sweep", "status": "running", "combinations": {c.name: "pending" for c in combos},
+             "pid": os.getpid(), "started": datetime.now().isoformat(timespec="seconds"), "finished": None}
+    _write_sweep_status(sweep_dir, state)
     bar = progress(combos, desc="sweep", unit="combination", file=sys.stderr)
     for combo in bar:
+        if stop.is_set():
+            break
         bar.set_postfix_str(combo.name)
         run_path = sweep_dir / combo.name
         done = _status(run_path)
-        if done.get("status") == "ok" and done.get("steps") == steps:
+        state["combinations"][combo.name] = "running"
+        _write_sweep_status(sweep_dir, state)
+        if done.get("status") == "ok" and done.get("steps") == steps and "row" in done:
             logger.info("combination %s finished earlier: kept", combo.name)
             rows.append({**done["row"], "reused_run": True})
+            state["combinations"][combo.name] = "ok"
             continue
         t0 = time.perf_counter()
         status, error = "ok", ""
         try:
-            run_pipeline(combo.values, run_dir=run_path, reports_root=None, only=only, start=start)
+            run_pipeline(combo.values, run_dir=run_path, reports_root=None, only=only, start=start, stop=stop)
+        except RunStopped as exc:
+            status, error = "stopped", str(exc)
+            logger.warning("combination %s stopped: %s", combo.name, exc)
         except (RunnerError, C.ConfigError, OSError) as exc:
             status, error = "failed", str(exc)
             logger.error("combination %s failed: %s", combo.name, exc)
         row = {"combination": combo.name, **combo.params, "status": status, "seconds": round(time.perf_counter() - t0, 1), "error": error}
         row.update(run_metrics(run_path))
-        atomic.write_text(run_path / STATUS_NAME, json.dumps({"status": status, "steps": steps, "row": row}, indent=2, default=str))
+        # the runner's per-step record stays; the sweep adds its row (and its verdict)
+        atomic.write_text(run_path / STATUS_NAME, json.dumps({**_status(run_path), "status": status, "steps": steps, "row": row}, indent=2, default=str))
         rows.append({**row, "reused_run": False})
+        state["combinations"][combo.name] = status
+        _write_sweep_status(sweep_dir, state)
+    stopped = stop.is_set()
+    state["status"] = "stopped" if stopped else ("ok" if all(r["status"] == "ok" for r in rows) else "failed")
+    state["finished"] = datetime.now().isoformat(timespec="seconds")
+    state["combinations"] = {k: ("not run" if v in ("pending", "running") else v) for k, v in state["combinations"].items()}
+    _write_sweep_status(sweep_dir, state)
+    if not rows:
+        rows.append({"combination": combos[0].name, **combos[0].params, "status": "not run", "seconds": 0.0, "error": "sweep stopped before it started"})
     summary = pd.DataFrame(rows)
     logger.info("sweep %s done: %d ok, %d failed", sweep_dir, int((summary["status"] == "ok").sum()), int((summary["status"] != "ok").sum()))
     logging.getLogger("synapse_nb").removeHandler(sweep_log)
@@ -148,6 +182,10 @@ def run_sweep(
     if reports_root is not None:
         publish_sweep(sweep_dir, Path(reports_root))
     return summary
+
+
+def _write_sweep_status(sweep_dir: Path, state: dict[str, Any]) -> None:
+    atomic.write_text(sweep_dir / STATUS_NAME, json.dumps(state, indent=2, default=str))
 
 
 def _attach_sweep_log(sweep_dir: Path) -> logging.Handler:

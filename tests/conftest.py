@@ -50,5 +50,6 @@ def pipeline_run(tiny_params, tmp_path_factory):
     from synapse_nb import runner
 
     base = tmp_path_factory.mktemp("pipeline")
-    result = runner.run_pipeline({**tiny_params, "n_preview": 2}, runs_root=base / "runs", reports_root=base / "reports")
+    values = {**tiny_params, "n_preview": 2, "attention_per_cluster": 1, "n_gifs": 2, "n_permutations": 200}
+    result = runner.run_pipeline(values, runs_root=base / "runs", reports_root=base / "reports")
     return result, base

@@ -65,7 +65,7 @@ def test_plan_splits_parameters_per_notebook(tiny_params):
 
 
 def test_select_steps():
-    assert runner.select_steps(start="03_reduce") == ["03_reduce", "04_cluster", "07_report"]
+    assert runner.select_steps(start="03_reduce") == ["03_reduce", "04_cluster", "05_attention", "06_presynapse", "07_report"]
     assert runner.select_steps(only=["01_load"]) == ["01_load"]
     with pytest.raises(runner.RunnerError, match="unknown step"):
         runner.select_steps(only=["09_nope"])
@@ -138,6 +138,9 @@ def test_html_reports_have_no_code_and_load_nothing_remote(pipeline_run):
     assert result.steps[-1].notebook == "07_report"
     assert "RANDOM weights" in report_html and "ARI" in report_html
     assert 'href="01_load.html"' in report_html
+    assert 'href="05_attention.html"' in report_html and 'href="presynapse_summary.html"' in report_html
+    assert "Grad-CAM target <strong>cluster</strong>" in report_html
+    assert "presynaptic neurites</strong> make more than one synapse" in report_html
     extract_html = result.steps[1].html.read_text()
     assert "features_avg_seg10_alpha1_0.csv" in extract_html
     assert "RANDOM weights" in extract_html

@@ -327,18 +327,10 @@ def test_summary_without_groups_says_so(tmp_path: Path):
 # notebook 06 in the pipeline's run
 # --------------------------------------------------------------------------------------
 @pytest.mark.notebooks
-def test_notebook_06_on_the_pipeline_run(pipeline_run):
-    import papermill
-
-    from synapse_nb.report import export_html
-
+def test_notebook_06_in_the_pipeline_run(pipeline_run):
+    """06_presynapse ran in the pipeline (conftest: n_permutations 200)."""
     result, _ = pipeline_run
     run = result.run
-    executed = run.notebooks_dir / "06_presynapse.ipynb"
-    papermill.execute_notebook(
-        str(PROJECT_ROOT / "notebooks" / "06_presynapse.ipynb"), str(executed), kernel_name="python3",
-        cwd=str(PROJECT_ROOT), parameters={"run_dir": str(run.path), "n_permutations": 200}, progress_bar=False,
-    )
     groups = pd.read_csv(run.tables_dir / "presynapse_groups.csv")
     features = pd.read_parquet(run.table("features"))
     sure = features[~features["ambiguous"]]
@@ -351,6 +343,5 @@ def test_notebook_06_on_the_pipeline_run(pipeline_run):
     page = (run.html_dir / "presynapse_summary.html").read_text()
     assert len(re.findall(r'<section id="group-\d+" class="group">', page)) == len(groups)
     assert page.count('<img class="montage" src="data:image/png;base64,') == len(groups)
-    html = export_html(executed, run.html_dir / "06_presynapse.html")
-    text = html.read_text()
+    text = (run.html_dir / "06_presynapse.html").read_text()
     assert "p = " in text and len(NEWPLOT.findall(text)) == 4 and 'src="data:image/png;base64,' in text
