@@ -90,10 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from .config import ConfigError
     from .io import DataError
-    from .runner import RunnerError
+    from .runner import RunnerError, RunStopped
 
     try:
         return args.func(args)
+    except RunStopped:  # the runner has logged what was kept
+        return 3
     except (ConfigError, DataError, RunnerError) as exc:
         logger.error("%s", exc)
         return 2

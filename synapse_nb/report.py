@@ -165,7 +165,7 @@ class RunSummary:
         if not m or self.attention is None or not len(self.attention):
             return "05_attention did not run in this run."
         best = (self.attention.dropna(subset=["inside_outside_ratio"])
-                .sort_values("inside_outside_ratio", ascending=False).groupby("layer", sort=True).head(1))
+                .sort_values("inside_outside_ratio", ascending=False).groupby("layer").head(1).sort_values("layer"))
         parts = [f"features.{int(r.layer)}: {r.structure} ({r.inside_outside_ratio:.2f}x inside vs outside)" for r in best.itertuples()]
         skipped = ", ".join(f"features.{k}" for k in m.get("skipped_layers", {}))
         text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + ("; ".join(parts) or "none") + "."
