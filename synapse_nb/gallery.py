@@ -34,7 +34,8 @@ def cube_rows(cubes: "CubeSet", df: pd.DataFrame) -> np.ndarray:
     return pos
 
 
-def _render(cubes: "CubeSet", cfg: "Config", rows: Sequence[int]) -> np.ndarray:
+def render_rows(cubes: "CubeSet", cfg: "Config", rows: Sequence[int]) -> np.ndarray:
+    """Cubes at ``rows`` as the run renders them (its segmentation type, alpha, gray), in [0, 1]."""
     view = cubes.rendered(
         segmentation_type=cfg.segmentation_type, alpha=cfg.alpha, gray_value=cfg.gray_value,
         quantize_8bit=cfg.quantize_8bit, second_minmax=cfg.second_minmax, input_range="0_1",
@@ -58,7 +59,7 @@ def cluster_montage(
     for ax in axes.ravel():
         ax.axis("off")
     for r, (name, members) in enumerate(groups.items()):
-        cubes_r = _render(cubes, cfg, cube_rows(cubes, df.iloc[members]))
+        cubes_r = render_rows(cubes, cfg, cube_rows(cubes, df.iloc[members]))
         for j, (member, cube) in enumerate(zip(members, cubes_r)):
             c = cube.shape[0] // 2
             for p, plane in enumerate((cube[c], cube[:, c], cube[:, :, c])):
@@ -98,7 +99,7 @@ def gif_gallery(
         if not members:
             continue
         cells = []
-        for member, cube in zip(members, _render(cubes, cfg, cube_rows(cubes, df.iloc[members]))):
+        for member, cube in zip(members, render_rows(cubes, cfg, cube_rows(cubes, df.iloc[members]))):
             data = base64.b64encode(depth_gif(cube)).decode("ascii")
             label = html.escape(str(df.iloc[member][L.NAME_COLUMN]))
             cells.append(

@@ -213,15 +213,6 @@ def group_map(
 # --------------------------------------------------------------------------------------
 # gallery
 # --------------------------------------------------------------------------------------
-def _render(cubes: "CubeSet", cfg: "Config", rows: np.ndarray) -> np.ndarray:
-    view = cubes.rendered(
-        segmentation_type=cfg.segmentation_type, alpha=cfg.alpha, gray_value=cfg.gray_value,
-        quantize_8bit=cfg.quantize_8bit, second_minmax=cfg.second_minmax, input_range="0_1",
-        indices=np.asarray(rows, dtype=np.int64),
-    )
-    return view[0 : len(rows)]
-
-
 def group_montage(
     cubes: "CubeSet",
     analysis: "PresynapseAnalysis",
@@ -234,7 +225,7 @@ def group_montage(
     group (the first ``max_groups``), at most ``max_members`` synapses per row."""
     import matplotlib.pyplot as plt
 
-    from .gallery import cube_rows
+    from .gallery import cube_rows, render_rows
 
     names = list(groups) if groups is not None else analysis.groups[GROUP_COLUMN].head(max_groups).tolist()
     if not names:
@@ -249,7 +240,7 @@ def group_montage(
     for ax in axes.ravel():
         ax.axis("off")
     for r, (g, sub) in enumerate(members.items()):
-        for j, cube in enumerate(_render(cubes, cfg, cube_rows(cubes, sub))):
+        for j, cube in enumerate(render_rows(cubes, cfg, cube_rows(cubes, sub))):
             c = cube.shape[0] // 2
             for p, plane in enumerate((cube[c], cube[:, c], cube[:, :, c])):
                 ax = axes[r][3 * j + p]
