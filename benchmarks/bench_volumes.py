@@ -14,7 +14,8 @@ subprocess per variant, it opens the description and builds 80^3 cubes for every
                           (what the seed did with its TIFF stacks).
 
 Reported per variant: time to open (and load), time to build, peak RSS (VmHWM) and voxels
-read from disk.
+the readers returned (``Volume.voxels_read``; zarr decodes the whole 64^3 chunks a window
+touches, so the bytes decoded are somewhat more for the windowed variants).
 """
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ Missing data (real datasets, SPEC 3.2)
     is still built with empty pre/post (``pre_side`` 0) and flagged ambiguous ("no side
     points" / "no neurite segmentation"); with one side empty, the other side is used as
     with a side on background. Which segmentation types a dataset can serve at all is
-    decided up front (:func:`synapse_nb.dataset.require_segmentation_type`).
+    decided up front (:func:`synapse_nb.dataset.require_segmentation_type`; the smart crop,
+    which needs the presynaptic side, by :func:`synapse_nb.dataset.require_crop_mode`).
 Anisotropic voxels
     With ``target_voxel_nm`` set and a different data voxel, the volumes are wrapped in
     :class:`synapse_nb.volumes.ResampledVolume` (per-window resampling: raw linear, labels
@@ -798,6 +799,19 @@ class CubeSet:
     skipped: pd.DataFrame  # bbox, Var1, table_row, reason
     geometry: CubeGeometry = CubeGeometry()
     voxel_size_nm: tuple[float, float, float] = (8.0, 8.0, 8.0)  # z, y, x
+    #: segmentation type -> why the dataset cannot serve it (kept with the cubes, so a later
+    #: step asked for such a type refuses it as 01_load did)
+    refused_types: dict[int, str] = field(default_factory=dict)
+
+    def require_type(self, segmentation_type: int) -> None:
+        """Raise a :class:`DataError` when the cubes' dataset cannot serve this type."""
+        t = int(segmentation_type)
+        if t in self.refused_types:
+            ok = ", ".join(str(s) for s in L.SEGMENTATION_TYPES if s not in self.refused_types)
+            raise DataError(
+                f"segmentation type {t} ({L.SEGMENTATION_TYPE_SHORT[t]}) {self.refused_types[t]}. "
+                f"Types these cubes support: {ok}"
+            )
 
     def __post_init__(self) -> None:
         n = len(self.table)
@@ -884,6 +898,7 @@ class CubeSet:
                 "geometry": self.geometry.as_dict(),
                 "voxel_size_nm": [float(v) for v in self.voxel_size_nm],
                 "raw_dtype": str(np.asarray(self.raw[:0]).dtype),
+                "refused_types": {str(k): v for k, v in self.refused_types.items()},
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return folder
@@ -914,6 +929,7 @@ class CubeSet:
                 skipped=skipped,
                 geometry=CubeGeometry(**meta["geometry"]),
                 voxel_size_nm=tuple(float(v) for v in meta["voxel_size_nm"]),
+                refused_types={int(k): v for k, v in meta.get("refused_types", {}).items()},
             )
         except ValueError as exc:
             raise DataError(f"cube set {folder} is inconsistent: {exc}; rebuild the cubes") from exc
@@ -957,12 +973,18 @@ def _bbox_grid(b: BboxData, voxel_size: tuple[float, float, float], target_voxel
     return vols, native, (t, t, t), t
 
 
-def _to_grid(p: Sequence[float], native: Sequence[float], t: float | None) -> list[float]:
-    """Table point (x, y, z native voxels) -> (x, y, z) on the cube grid (unchanged without resampling)."""
+def _to_grid(p: Sequence[float], native: Sequence[float], t: float | None, grid_shape: Sequence[int]) -> list[float]:
+    """Table point (x, y, z native voxels) -> (x, y, z) on the cube grid (unchanged without resampling).
+
+    The grid has ``floor(N * v / t + 0.5)`` voxels, so it can end up to half a target voxel
+    short of the native extent: a point in the last native voxels is held on the last grid
+    voxel (as the resampled values are), never pushed outside the grid.
+    """
     arr = np.asarray(p, dtype=np.float64).reshape(-1)
     if t is None or arr.size != 3 or not np.all(np.isfinite(arr)):
         return list(p)
-    return list(native_to_target(arr[::-1], native, t)[::-1])
+    zyx = np.minimum(native_to_target(arr[::-1], native, t), np.asarray(grid_shape, dtype=np.float64) - 1)
+    return list(zyx[::-1])
 
 
 def build_cubes(
@@ -1025,7 +1047,7 @@ def build_cubes(
                     if t is not None:
                         # check in the table's own (native) voxels, so errors quote its numbers
                         check_points(_where(b.name, name, trow), tuple(b.raw.shape), *points)  # type: ignore[attr-defined]
-                        points = [_to_grid(p, native, t) for p in points]
+                        points = [_to_grid(p, native, t, raw.shape) for p in points]
                     cube = build_synapse(
                         raw,
                         seg,
@@ -1079,23 +1101,28 @@ def build_from_config(bboxes: Sequence[BboxData], cfg: "Config", progress: bool 
     """:func:`build_cubes` with the geometry, voxel sizes and resampling target of ``cfg``.
 
     Refuses, before any work, a ``segmentation_type`` the dataset cannot serve (e.g. type 5
-    on data without a vesicle-cloud label), naming what is missing.
+    on data without a vesicle-cloud label), or the smart crop where pre/post cannot be
+    decided, naming what is missing.
     """
-    from .dataset import require_segmentation_type
+    from .dataset import refused_types, require_crop_mode, require_segmentation_type
 
     require_segmentation_type(bboxes, cfg.segmentation_type)
-    return build_cubes(
+    require_crop_mode(bboxes, cfg.crop_mode, cfg.presynapse_weight)
+    cubes = build_cubes(
         bboxes, geometry_from_config(cfg), cfg.voxel_size_nm, progress=progress, target_voxel_nm=cfg.target_voxel_nm
     )
+    cubes.refused_types = refused_types(bboxes)
+    return cubes
 
 
 def build_or_reuse(bboxes: Sequence[BboxData], cfg: "Config", run: "Run", progress: bool = True) -> CubeSet:
     """Cubes for ``cfg``: reused from the cache when the parameters that decide them are
     unchanged, built (and cached) otherwise; the run's ``cubes`` folder points at them."""
     from . import cache
-    from .dataset import require_segmentation_type
+    from .dataset import require_crop_mode, require_segmentation_type
 
     require_segmentation_type(bboxes, cfg.segmentation_type)
+    require_crop_mode(bboxes, cfg.crop_mode, cfg.presynapse_weight)
     target = cache.stage_dir(cfg, "cubes")
     if target is None:
         cubes = build_from_config(bboxes, cfg, progress=progress)

@@ -232,6 +232,14 @@ def open_bbox(desc: LoadedDescription, name: str) -> BboxData:
     if len(set(shapes.values())) > 1:
         detail = ", ".join(f"{k} {v}" for k, v in shapes.items())
         raise DataError(f"{where}: raw, seg and mask shapes differ ({detail}); they must cover the same voxels")
+    for role, vol in volumes.items():
+        hint = getattr(vol, "voxel_size_hint_nm", None)
+        if hint is not None and not np.allclose(hint, desc.spec.voxel_size_nm, rtol=1e-6):
+            logger.warning(
+                "%s: voxel_size_nm %s (z, y, x) of the description differs from %s nm stated in the %s volume's "
+                "own metadata (%s); the description's value is used, check it",
+                where, desc.spec.voxel_size_nm, list(hint), role, vol.path,
+            )
     for role in ("seg", "mask"):
         vol = volumes.get(role)
         if vol is not None and not (np.issubdtype(vol.dtype, np.integer) or vol.dtype == np.bool_):
@@ -310,6 +318,19 @@ def require_segmentation_type(bboxes: Sequence[BboxData], segmentation_type: int
         ok = ", ".join(str(s) for s in L.SEGMENTATION_TYPES if s not in refused)
         raise DataError(
             f"segmentation type {t} ({L.SEGMENTATION_TYPE_SHORT[t]}) {refused[t]}. Types this dataset supports: {ok}"
+        )
+
+
+def require_crop_mode(bboxes: Sequence[BboxData], crop_mode: str, presynapse_weight: float) -> None:
+    """Refuse the smart crop (``crop_mode`` "presynapse") where the presynaptic side cannot be
+    decided: it would move every cube towards a partner chosen by convention."""
+    if crop_mode != "presynapse" or float(presynapse_weight) <= 0:
+        return
+    reason = refused_types(bboxes).get(1)  # type 1 = the presynaptic segment
+    if reason:
+        raise DataError(
+            f"crop_mode 'presynapse' centres cubes on the presynaptic segment, which {reason}; "
+            "use crop_mode 'cleft' for this dataset"
         )
 
 

@@ -359,8 +359,10 @@ def describe(info: ModelInfo, cfg: "Config") -> str:
 def extract_from_config(cubes: "CubeSet", model: VGG3D, info: ModelInfo, cfg: "Config", progress: bool = True) -> FeatureResult:
     """Render every usable cube for the configured segmentation type and extract its features.
 
-    Synapses whose mask is empty for this type are left out and reported (SPEC 13).
+    Synapses whose mask is empty for this type are left out and reported (SPEC 13); a type
+    the cubes' dataset cannot serve at all is refused.
     """
+    cubes.require_type(cfg.segmentation_type)
     skipped = cubes.empty_mask_report(cfg.segmentation_type)
     keep = np.setdiff1d(np.arange(len(cubes)), cubes.empty_mask_rows(cfg.segmentation_type))
     if len(keep) == 0:

@@ -53,7 +53,8 @@ Pre/post
     presynaptic T-bar faces several postsynaptic neurites), so the two partners are simply the
     two largest contacts (side 1 the larger); which one is presynaptic is not known. Segmentation types that need the presynaptic
     side (1, 2, 10, 11) or vesicles (4, 5, 6, 9) cannot be served; 0 (raw), 3 (pre + post =
-    both partners, order-free), 7 (cleft) and 8 (mitochondrion) can.
+    both partners, order-free), 7 (cleft) and 8 (mitochondrion) can. The smart crop
+    (``crop_mode`` presynapse) is refused for the same reason.
 
 Everything is written into a temporary sibling folder and renamed into place
 (:func:`synapse_nb.atomic.atomic_dir`), so a crash never leaves half a conversion.

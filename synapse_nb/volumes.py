@@ -117,8 +117,11 @@ def _apply_post(arr: np.ndarray, post: list[Any]) -> np.ndarray:
 class Volume:
     """A read-only, lazy (z, y, x) volume: ``vol[z0:z1, y0:y1, x0:x1]`` returns numpy.
 
-    Only the asked window is read from disk. ``voxels_read`` counts what was read (for
-    tests and benchmarks that prove no whole-volume read happens).
+    Only the asked window (the chunks it touches) is read from disk. ``voxels_read`` counts
+    the voxels returned (for tests and benchmarks that prove no whole-volume read happens).
+    ``voxel_size_hint_nm`` is the voxel size (z, y, x) the file's own metadata states
+    (OME-Zarr), else None; :func:`synapse_nb.dataset.open_bbox` warns when a description
+    disagrees with it.
     """
 
     ndim = 3
@@ -347,19 +350,20 @@ def _open_zarr(path: Path, key: str | None, kind: str) -> Volume:
     group = node
     ms = _ome_multiscales(dict(group.attrs))
     if key:
+        levels = ms[0].get("datasets", []) if ms else []
+        level = next((lv for lv in levels if str(lv.get("path")) == key), None)
         try:
             child = group[key]
         except KeyError:
             child = None
-            if ms and key.isdigit() and int(key) < len(ms[0].get("datasets", [])):
-                child = group[ms[0]["datasets"][int(key)]["path"]]
+            if key.isdigit() and int(key) < len(levels):  # a level given by its index
+                level = levels[int(key)]
+                child = group[level["path"]]
         if child is None:
             raise DataError(f"zarr {path} has no array {key!r}; arrays present: {_listing(_zarr_arrays(group))}")
         if isinstance(child, zarr.Array):
-            if ms:
-                for level in ms[0].get("datasets", []):
-                    if str(level.get("path")) == key:
-                        hint = _ome_voxel_nm(ms[0], level)
+            if ms and level is not None:
+                hint = _ome_voxel_nm(ms[0], level)
             return _make(child, path, "zarr", key, kind, hint=hint)
         group, prefix = child, key.rstrip("/") + "/"
         ms = _ome_multiscales(dict(group.attrs))

@@ -190,6 +190,23 @@ def test_mismatched_shapes_and_labels_without_mask(data_dir):
         D.open_dataset_description(path)
 
 
+def test_voxel_size_differing_from_ome_metadata_is_warned(tmp_path, caplog):
+    g = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=2)
+    g.create_array("0", shape=(4, 8, 8), chunks=(2, 8, 8), dtype=np.uint8)[...] = 1
+    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    scale = [{"type": "scale", "scale": [40.0, 4.0, 4.0]}]
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
+    table_frame(custom=False).to_csv(tmp_path / "t.csv", index=False)
+    for voxel, warned in (([40.0, 4.0, 4.0], False), ([50.0, 4.0, 4.0], True)):
+        desc = {"voxel_size_nm": voxel, "bboxes": {"b": {"raw": "img.ome.zarr", "table": "t.csv"}}}
+        (tmp_path / "d.yaml").write_text(yaml.safe_dump(desc))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="synapse_nb"):
+            [b] = D.open_dataset_description(tmp_path / "d.yaml")
+        assert b.raw.voxel_size_hint_nm == (40.0, 4.0, 4.0)
+        assert ("differs from [40.0, 4.0, 4.0] nm stated in the raw volume's own metadata" in caplog.text) == warned, caplog.text
+
+
 def test_table_side_rules(tmp_path):
     df = table_frame(custom=False)
     df.loc[1, L.SIDE1_COLUMNS[1]] = np.nan  # one of three coordinates missing: an error
@@ -255,6 +272,18 @@ def test_build_refuses_before_any_work(data_dir, tmp_path, monkeypatch):
         CB.build_from_config(bboxes, cfg, progress=False)
     with pytest.raises(DataError, match=r"segmentation type 1 \(pre\)"):
         CB.build_or_reuse(bboxes, cfg, run=None, progress=False)  # type: ignore[arg-type]
+    assert not (tmp_path / "cache").exists()
+    # the smart crop needs the presynaptic side too: refused, even for a type that is served
+    cfg = C.make_config({"dataset": str(path), "segmentation_type": 7, "crop_mode": "presynapse", "cube_size": 32,
+                         "cache_dir": str(tmp_path / "cache")})
+    for build in (CB.build_from_config, lambda b, c, progress: CB.build_or_reuse(b, c, run=None, progress=progress)):
+        with pytest.raises(DataError) as exc:
+            build(bboxes, cfg, progress=False)
+        assert str(exc.value) == (
+            "crop_mode 'presynapse' centres cubes on the presynaptic segment, which needs a vesicle-cloud label; "
+            "dataset 'aniso' has none (labels.vesicle: 0); use crop_mode 'cleft' for this dataset"
+        )
+    D.require_crop_mode(bboxes, "presynapse", 0.0)  # weight 0 = the cleft centre: fine
     assert not (tmp_path / "cache").exists()
 
 
@@ -336,6 +365,33 @@ def test_no_resampling_keeps_native_voxels(desc_path):
     assert cs.table["cube_center_z"].tolist() == [6, 0, 6]
 
 
+def test_table_xyz_maps_to_the_zyx_grid_per_axis_and_stays_on_it():
+    """x, y, z table columns land on the z, y, x grid, each axis with its own voxel size (y != x
+    here, so a swap shows), and a point in the last native voxel stays on the grid, which can
+    end half a target voxel short of the native extent."""
+    native = (40.0, 4.6, 5.0)  # z, y, x
+    shape = (3, 4, 40)  # y: 4 x 4.6 nm -> 2 grid voxels of 8 nm; native y 3 maps to 1.51 -> rounds to 2
+    seg = np.zeros(shape, np.uint32)
+    seg[:, :, :20], seg[:, :, 20:] = 1, 2
+    mask = np.zeros(shape, np.uint8)
+    mask[:, :, 19:21] = 2
+    recs = []
+    for name, c, s1, s2 in (("edge", (20, 3, 1), (10, 3, 1), (30, 3, 1)), ("mid", (19, 1, 0), (5, 1, 0), (35, 1, 0))):
+        rec = {L.NAME_COLUMN: name, "table_row": len(recs) + 2}
+        for cols, p in ((L.CENTER_COLUMNS, c), (L.SIDE1_COLUMNS, s1), (L.SIDE2_COLUMNS, s2)):
+            rec.update(dict(zip(cols, map(float, p))))
+        recs.append(rec)
+    b = sio.BboxData(name="tiny", raw=np.zeros(shape, np.uint8), seg=seg, mask=mask, table=pd.DataFrame(recs),
+                     label_ids=L.LabelIds(mito=0, vesicle=0, cleft=2, cleft2=2), voxel_size_nm=native)
+    cs = CB.build_cubes([b], CB.CubeGeometry(size=8), progress=False, target_voxel_nm=8.0)
+    assert cs.skipped.empty, cs.skipped.to_dict("records")
+    t = cs.table.set_index(L.NAME_COLUMN)
+    # edge: z (1.5*40)/8-.5 = 7; y (3.5*4.6)/8-.5 = 1.51 -> held on the last of 2 rows (1); x (20.5*5)/8-.5 = 12.31 -> 12
+    assert t.loc["edge", ["cube_center_z", "cube_center_y", "cube_center_x"]].tolist() == [7, 1, 12]
+    # mid: z 2; y (1.5*4.6)/8-.5 = 0.36 -> 0; x (19.5*5)/8-.5 = 11.69 -> 12 (with y's 4.6 nm it would be 11)
+    assert t.loc["mid", ["cube_center_z", "cube_center_y", "cube_center_x"]].tolist() == [2, 0, 12]
+
+
 def test_zero_label_never_matches_background():
     raw = np.zeros((20, 20, 20), np.uint8)
     seg = np.zeros((20, 20, 20), np.uint8)
@@ -396,3 +452,22 @@ def test_descriptions_are_told_apart_from_run_parameters():
     assert D.is_description(yaml.safe_load((PROJECT_ROOT / "parameters" / "dataset_example.yaml").read_text()))
     assert not D.is_description(yaml.safe_load((PROJECT_ROOT / "parameters" / "ci.yaml").read_text()))
     assert not D.is_description({"bboxes": ["bbox1"], "voxel_size_nm": [8.0, 8.0, 8.0]})
+
+
+def test_cubes_remember_what_their_dataset_cannot_serve(data_dir, tmp_path):
+    """02_extract run on its own with a type 01_load would refuse: refused from the cube store."""
+    from synapse_nb import extract as X
+
+    path = write_desc(data_dir, description(bbox={"labels": {"mito": 1, "vesicle": 0, "cleft": 2, "cleft2": 2}}), "novesicle2.yaml")
+    bboxes = D.open_dataset_description(path)
+    cfg = C.make_config({"dataset": str(path), "segmentation_type": 7, "cube_size": 32})
+    cubes = CB.build_from_config(bboxes, cfg, progress=False)
+    assert set(cubes.refused_types) == set(D.refused_types(bboxes)) and 5 in cubes.refused_types and 7 not in cubes.refused_types
+    loaded = CB.CubeSet.load(cubes.save(tmp_path / "cubes"))
+    assert loaded.refused_types == cubes.refused_types
+    five = cfg.model_copy(update={"segmentation_type": 5})
+    with pytest.raises(DataError) as exc:
+        X.extract_from_config(loaded, None, None, five, progress=False)  # type: ignore[arg-type]
+    assert str(exc.value).startswith("segmentation type 5 (pre + post + vesicle + cleft) needs a vesicle-cloud label")
+    assert str(exc.value).endswith("Types these cubes support: " + ", ".join(map(str, D.supported_types(bboxes))))
+    loaded.require_type(7)  # served: no error

@@ -393,7 +393,7 @@ def test_side_points_lie_in_distinct_neurites_next_to_the_synapse(table, arrays,
 @pytest.mark.realdata
 @needs_vnc
 def test_written_yaml_loads_with_the_dataset_reader(converted):
-    dataset = pytest.importorskip("synapse_nb.dataset", reason="synapse_nb.dataset (readers) not available yet")
+    from synapse_nb import dataset
     (b,) = dataset.open_dataset_description(converted)
     assert b.name == "stack1" and b.dataset == "vnc_stack1"
     assert tuple(b.raw.shape) == tuple(b.seg.shape) == tuple(b.mask.shape) == (20, 1024, 1024)
@@ -412,7 +412,6 @@ def test_written_yaml_loads_with_the_dataset_reader(converted):
 @pytest.mark.notebooks
 @needs_vnc
 def test_pipeline_runs_on_the_converted_stack(converted, tmp_path):
-    pytest.importorskip("synapse_nb.dataset", reason="synapse_nb.dataset (readers) not available yet")
     from synapse_nb import config as C
     from synapse_nb import runner
 

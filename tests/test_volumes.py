@@ -223,6 +223,7 @@ def test_ome_zarr_levels(tmp_path, source, version):
         low = V.open_volume(path, key=key)
         np.testing.assert_array_equal(np.asarray(low), source[:, ::2, ::2])
     assert V.open_volume(path, key="s1").voxel_size_hint_nm == (40.0, 8.0, 8.0)
+    assert V.open_volume(path, key="1").voxel_size_hint_nm == (40.0, 8.0, 8.0)  # the level by its index
 
 
 def test_zarr_not_3d_and_rgb(tmp_path, source):
