@@ -316,7 +316,8 @@ def stop_on_signal(stop: threading.Event, signum: int = STOP_SIGNAL) -> Iterator
     try:
         yield stop
     finally:
-        signal.signal(signum, previous)
+        # None: the previous handler was not set from Python (signal.signal refuses None)
+        signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager

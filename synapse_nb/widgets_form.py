@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from . import atomic
 from . import config as C
+from . import runner
 from .notebook import find_project_root
 from .widgets_fields import DESC_STYLE, Field, notebook_field, field_for
 
@@ -35,7 +36,6 @@ NOTEBOOK_SECTION = "notebook display"
 #: Folders the pipeline writes (need not exist yet); other ``*_dir`` keys are inputs.
 OUTPUT_DIRS = ("cache_dir",)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml$")
-_PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 
 
 def message_html(text: str, kind: str = "error") -> str:
@@ -130,12 +130,15 @@ class ConfigForm:
     def set_values(self, values: Mapping[str, Any], extras: Mapping[str, Any] | None = None, source: str = "parameters") -> None:
         """Show ``values`` (defaults for keys not given) and validate once; ConfigError naming ``source`` if invalid."""
         cfg = C.make_config({k: v for k, v in values.items() if k in C.Config.model_fields}, source=source)
+        given = {**{k: v for k, v in values.items() if k in self.extra_meta}, **(extras or {})}
+        problems = [f"parameter '{k}': {e}" for k, v in given.items() if (e := self._type_error(k, v))]
+        if problems:  # checked before any widget changes: a widget would refuse the value half-way
+            raise C.ConfigError(f"invalid parameters in {source}:\n  " + "\n  ".join(problems))
         self._quiet = True
         try:
             self._refresh_bboxes(cfg.raw_dir, getattr(cfg, "dataset", ""))
             for key, value in cfg.to_dict().items():
                 self.fields[key].set(value)
-            given = {**{k: v for k, v in values.items() if k in self.extra_meta}, **(extras or {})}
             for key, meta in self.extra_meta.items():
                 self.fields[key].set(given.get(key, meta["default"]))
         finally:
@@ -171,9 +174,8 @@ class ConfigForm:
                     for k in named or [""]:
                         errors.setdefault(k, msg)
         for key, value in extras.items():
-            want = _PY_TYPES.get(self.extra_meta[key]["type"])
-            if want and (not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
-                errors[key] = f"must be {want.__name__}"
+            if error := self._type_error(key, value):
+                errors[key] = error
         self._errors = errors
         self._warnings = self._path_warnings(cfg_values)
         for key, f in self.fields.items():
@@ -187,6 +189,14 @@ class ConfigForm:
         else:
             self.status.value = message_html("all parameters valid", "ok")
         return dict(errors)
+
+    def _type_error(self, key: str, value: Any) -> str:
+        """Why a notebook display parameter's value has the wrong type ("" if it is fine), as the runner checks it."""
+        want = self.extra_meta[key]["type"]
+        types = runner._PY_TYPES.get(want)
+        if types and (not isinstance(value, types) or (want != "bool" and isinstance(value, bool))):
+            return f"must be {want}, got {value!r}"
+        return ""
 
     def _path_warnings(self, values: Mapping[str, Any]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -290,9 +300,9 @@ class ConfigForm:
         return atomic.write_text(self.params_dir() / name, text)
 
     def load(self, path: str | Path) -> None:
-        """Load a flat parameter YAML; on any error the form is left as it was."""
+        """Load a flat parameter YAML (a relative name is in parameters/); on any error the form is left as it was."""
         path = Path(path)
-        path = path if path.is_absolute() or path.exists() else self.params_dir() / path
+        path = path if path.is_absolute() else self.params_dir() / path
         data = C.read_yaml(path)
         if set(data) & {"base", "grid"}:
             raise C.ConfigError(f"{path} is a sweep file (base + grid): start it from the Run tab")
@@ -301,8 +311,7 @@ class ConfigForm:
         unknown = sorted(k for k in data if k not in C.Config.model_fields and k not in self.extra_meta)
         if unknown:
             raise C.ConfigError(f"{path}: unknown parameter(s) {unknown}; known: {', '.join([*C.Config.model_fields, *self.extra_meta])}")
-        C.make_config({k: v for k, v in data.items() if k in C.Config.model_fields}, source=str(path))
-        self.set_values(data)
+        self.set_values(data, source=str(path))  # validates everything before changing a widget
         self.source = path
 
     def reset(self) -> None:

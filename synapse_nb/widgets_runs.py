@@ -234,14 +234,15 @@ class RunController:
         self.overall.max, self.overall.value, self.overall_label.value = max(n_combos, 1), 0, ""
         self.log.value = ""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._done.clear()
         self.proc = subprocess.Popen(cmd, cwd=str(self.root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1, start_new_session=True)
+        self._done.clear()  # only once there is a process: a failed start must not leave the panel "running"
         self.message.value = message_html(f"{kind} started in {path} (process {self.proc.pid})", "info")
         self.run_button.disabled = self.sweep_button.disabled = True
         self.stop_button.disabled = False
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True, name="snb-panel-log").start()
-        threading.Thread(target=self._monitor, args=(self.proc,), daemon=True, name="snb-panel-monitor").start()
+        reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True, name="snb-panel-log")
+        reader.start()
+        threading.Thread(target=self._monitor, args=(self.proc, reader), daemon=True, name="snb-panel-monitor").start()
 
     # --- while it runs ------------------------------------------------------------------------
     def _read(self, proc: subprocess.Popen) -> None:
@@ -251,12 +252,12 @@ class RunController:
                 self.log_lines.append(line)
                 self._pending.append(line)
 
-    def _monitor(self, proc: subprocess.Popen) -> None:
+    def _monitor(self, proc: subprocess.Popen, reader: threading.Thread) -> None:
         try:
             while proc.poll() is None:
                 self._tick()
                 time.sleep(self.poll_s)
-            time.sleep(0.2)  # let the reader drain the pipe
+            reader.join(timeout=5)  # the last lines; a kernel still holding the pipe must not block the end
             self._finish(proc.returncode)
         except Exception as exc:  # noqa: BLE001 - the panel must not die with its thread
             logger.exception("panel monitor failed")
@@ -265,8 +266,10 @@ class RunController:
             self.run_button.disabled = self.sweep_button.disabled = False
             self.stop_button.disabled = True
             for callback in list(self._callbacks):  # before wait() returns: callers see their effect
-                with contextlib.suppress(Exception):
+                try:
                     callback(self.final_status)
+                except Exception:  # noqa: BLE001 - one failing listener must not keep the panel "running"
+                    logger.exception("panel: a run-finished callback failed")
             self._done.set()
 
     def _tick(self) -> None:
@@ -341,8 +344,10 @@ class RunController:
             for p in [*family, psutil.Process(proc.pid)]:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
-        with self._lock:
-            self._pending.append(f"[panel] the runner did not stop within {self.kill_after_s:.0f} s and was killed\n")
+        line = f"[panel] the runner did not stop within {self.kill_after_s:.0f} s and was killed\n"
+        with self._lock:  # the log shows log_lines; _pending only says there is something new
+            self.log_lines.append(line)
+            self._pending.append(line)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends; its final status (TimeoutError if it does not end in time)."""

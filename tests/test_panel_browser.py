@@ -57,6 +57,7 @@ def stop_server(proc: subprocess.Popen) -> None:
     """Stop voila and every kernel it started."""
     import psutil
 
+    family: list = []  # voila may already be gone
     with contextlib.suppress(psutil.Error):
         family = psutil.Process(proc.pid).children(recursive=True)
     with contextlib.suppress(ProcessLookupError):

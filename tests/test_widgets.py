@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -577,3 +578,99 @@ def test_loading_a_file_updates_the_preview(panel, tmp_path):
     assert panel.files.load("seg7.yaml")
     assert "type 7:" in panel.preview.title.value and "alpha 0.2" in panel.preview.title.value
     np.testing.assert_array_equal(panel.preview.rendered, panel.preview.cubes.rendered(7, alpha=0.2, gray_value=0.6)[0])
+
+
+# --------------------------------------------------------------------------------------
+# review fixes
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, message", [("n_preview: abc\nalpha: 0.3\n", "parameter 'n_preview': must be int, got 'abc'"),
+                                           ("alpha: 0.3\nwithin_bbox: 3\n", "parameter 'within_bbox': must be bool, got 3")])
+def test_a_display_parameter_of_the_wrong_type_is_a_message(panel, tmp_path, text, message):
+    (tmp_path / "parameters").mkdir()
+    bad = tmp_path / "parameters" / "bad.yaml"
+    bad.write_text(text)
+    before = panel.config()
+    assert not panel.files.load("bad.yaml")  # was a TraitError with alpha already changed
+    assert message in panel.files.message.value and str(bad) in panel.files.message.value
+    assert panel.config() == before and panel.form.widgets["alpha"].value == before.alpha
+    started = widgets.ControlPanel(bad, runs_root=tmp_path / "runs", params_dir=tmp_path / "parameters")
+    assert message in started.header.value and "defaults shown" in started.header.value
+
+
+def test_load_takes_names_from_the_parameters_folder(panel, tmp_path, monkeypatch):
+    (tmp_path / "parameters").mkdir()
+    (tmp_path / "parameters" / "mine.yaml").write_text("alpha: 0.35\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "mine.yaml").write_text("alpha: 0.9\n")
+    monkeypatch.chdir(elsewhere)
+    assert panel.files.load("mine.yaml")
+    assert panel.form.widgets["alpha"].value == 0.35 and panel.form.source == tmp_path / "parameters" / "mine.yaml"
+
+
+def test_a_runner_that_fails_to_start_leaves_the_panel_idle(panel, tmp_path):
+    runs = panel.runs
+    runs.python = str(tmp_path / "no_python")
+    runs._guarded(runs.start_run)
+    assert "No such file or directory" in runs.message.value
+    assert not runs.running and not runs.run_button.disabled
+    assert runs.wait(1) == {}
+
+
+def test_a_runner_that_ignores_stop_is_killed_with_its_children(panel, tmp_path, caplog):
+    import psutil
+
+    runs = panel.runs
+    runs.kill_after_s, runs.poll_s = 1.0, 0.1
+    runs.on_finish(lambda _: 1 / 0)
+    script = ("import signal, subprocess, sys, time; signal.signal(signal.SIGUSR1, signal.SIG_IGN); "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              "print('child', child.pid, flush=True); time.sleep(120)")
+    folder = tmp_path / "runs" / "run_fake"
+    folder.mkdir(parents=True)
+    runs._launch("run", folder, [sys.executable, "-c", script], ["01_load"])
+    wait_for(lambda: any(line.startswith("child ") for line in runs.log_lines), 30, "the fake runner to start")
+    child = psutil.Process(int(next(line for line in runs.log_lines if line.startswith("child ")).split()[1]))
+    runs.stop()
+    status = runs.wait(30)
+    assert status["status"] == "stopped" and "stopped from the panel (runner exit code -9)" in status["error"]
+    assert "did not stop within 1 s and was killed" in runs.log.value
+    assert runs.proc.returncode == -9
+    wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 10, "the runner's child to end")
+    assert any("run-finished callback failed" in r.message for r in caplog.records)
+    assert not runs.running and runs.stop_button.disabled and not runs.run_button.disabled
+
+
+def test_stop_signal_sets_the_event_and_the_handler_is_restored():
+    import os
+    import signal
+    import threading
+
+    before = signal.getsignal(runner.STOP_SIGNAL)
+    stop = threading.Event()
+    with runner.stop_on_signal(stop):
+        assert signal.getsignal(runner.STOP_SIGNAL) is not before
+        os.kill(os.getpid(), runner.STOP_SIGNAL)
+        wait_for(stop.is_set, 5, "the stop event")
+    assert signal.getsignal(runner.STOP_SIGNAL) is before
+
+
+def test_a_handler_not_set_from_python_is_restored_as_the_default(monkeypatch):
+    import signal
+    import threading
+
+    real, calls = signal.signal, []
+
+    def reports_none_first(signum, handler):  # what signal.signal returns for a handler installed from C
+        previous = real(signum, handler)
+        calls.append(handler)
+        return None if len(calls) == 1 else previous
+
+    before = signal.getsignal(runner.STOP_SIGNAL)
+    monkeypatch.setattr(signal, "signal", reports_none_first)
+    try:
+        with runner.stop_on_signal(threading.Event()):
+            pass
+        assert calls[-1] == signal.SIG_DFL
+    finally:
+        real(runner.STOP_SIGNAL, before)
