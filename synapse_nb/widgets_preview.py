@@ -236,8 +236,18 @@ class SynapsePreview:
     def render(self) -> None:
         if self.cubes is None or self._cfg is None:
             return
+        from .io import DataError
+
         cfg = self._cfg
         t = cfg.segmentation_type
+        try:
+            self.cubes.require_type(t)  # as 01_load / 02_extract would refuse it
+        except DataError as exc:
+            self.rendered, self.planes = None, {}
+            for img in self.images.values():
+                img.value = b""
+            self.message.value = message_html(str(exc), "error")
+            return
         view = self.cubes.rendered(t, alpha=cfg.alpha, gray_value=cfg.gray_value, quantize_8bit=cfg.quantize_8bit,
                                    second_minmax=cfg.second_minmax, input_range="0_1")
         self.rendered = view[0]

@@ -674,3 +674,18 @@ def test_a_handler_not_set_from_python_is_restored_as_the_default(monkeypatch):
         assert calls[-1] == signal.SIG_DFL
     finally:
         real(runner.STOP_SIGNAL, before)
+
+
+def test_preview_refuses_a_type_the_dataset_cannot_serve(tiny_params, tmp_path):
+    """Without a vesicle label, switching the preview to type 5 shows the pipeline's refusal."""
+    no_vesicle = {b: {"mito": 5, "vesicle": 0, "cleft": 7, "cleft2": 7} for b in ("bbox1", "bbox2")}
+    panel = widgets.ControlPanel({**tiny_params, "label_table": no_vesicle, "segmentation_type": 7},
+                                 runs_root=tmp_path / "runs", params_dir=tmp_path)
+    pv = panel.preview
+    pv.select("bbox1", pv.synapse.options[0][1])
+    assert pv.rendered is not None and "error" not in pv.message.value
+    panel.form.widgets["segmentation_type"].value = 5
+    assert pv.rendered is None and pv.planes == {} and all(img.value == b"" for img in pv.images.values())
+    assert "segmentation type 5 (pre + post + vesicle + cleft) needs a vesicle-cloud label" in pv.message.value
+    panel.form.widgets["segmentation_type"].value = 7
+    assert pv.rendered is not None and pv.message.value == ""
