@@ -163,7 +163,8 @@ def _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop:
         rows.append({**row, "reused_run": False})
         state["combinations"][combo.name] = status
         _write_sweep_status(sweep_dir, state)
-    stopped = stop.is_set()
+    # a stop request that came after the last combination ended stopped nothing
+    stopped = any(r["status"] == "stopped" for r in rows) or (stop.is_set() and len(rows) < len(combos))
     state["status"] = "stopped" if stopped else ("ok" if all(r["status"] == "ok" for r in rows) else "failed")
     state["finished"] = datetime.now().isoformat(timespec="seconds")
     state["combinations"] = {k: ("not run" if v in ("pending", "running") else v) for k, v in state["combinations"].items()}

@@ -82,3 +82,24 @@ def test_sweep_isolates_failures_reuses_work_and_resumes(tiny_params, tmp_path):
     assert (sweep_dir / "n_clusters2" / "notebooks" / "04_cluster.ipynb").stat().st_mtime_ns == before
     status = json.loads((sweep_dir / "n_clusters50" / "status.json").read_text())
     assert status["status"] == "failed"
+
+
+def test_a_stop_after_the_last_combination_does_not_mark_the_sweep_stopped(tmp_path, monkeypatch):
+    import threading
+
+    stop = threading.Event()
+    ran = []
+
+    def fake_run(values, run_dir, **kwargs):  # finishes, then the stop request arrives
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        ran.append(Path(run_dir).name)
+        if len(ran) == 2:
+            stop.set()
+
+    monkeypatch.setattr(sweep, "run_pipeline", fake_run)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": {}, "grid": {"alpha": [0.5, 1.0]}}))
+    summary = sweep.run_sweep(spec, sweep_dir=tmp_path / "sw", reports_root=None, stop=stop)
+    assert ran == ["alpha0_5", "alpha1_0"] and summary["status"].tolist() == ["ok", "ok"]
+    state = json.loads((tmp_path / "sw" / "status.json").read_text())
+    assert state["status"] == "ok" and state["combinations"] == {"alpha0_5": "ok", "alpha1_0": "ok"}
