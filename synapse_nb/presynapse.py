@@ -336,8 +336,12 @@ def analyse(
     missing = [c for c in key if c not in features.columns]
     if missing:
         raise ValueError(f"the features table lacks column(s) {missing}: rerun 02_extract")
-    if features.duplicated(key).any():
-        raise ValueError("the features table names a synapse more than once (bbox, Var1): rerun 02_extract")
+    dup = features.duplicated(key, keep=False)
+    if dup.any():
+        names = (features.loc[dup, L.BBOX_COLUMN].astype(str) + "/" + features.loc[dup, L.NAME_COLUMN].astype(str)).unique()
+        raise ValueError(f"the features table names synapses more than once: {', '.join(names[:5])}; rerun 02_extract")
+    # before matching on (bbox, Var1): a missing column or a repeated name must be named, not a pandas error
+    _check_table(source, "the synapse table of 01_load" if synapse_table is not None else "the features table")
     feat_keys = pd.MultiIndex.from_frame(features[key].astype(str))
     src_keys = pd.MultiIndex.from_frame(source[key].astype(str))
     pos = feat_keys.get_indexer(src_keys)  # row of features for each synapse of the source table

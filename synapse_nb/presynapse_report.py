@@ -22,6 +22,7 @@ import pandas as pd
 from . import atomic
 from . import labels as L
 from .presynapse_stats import AXON_COLUMN, GROUP_COLUMN
+from .progress import progress
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -38,6 +39,8 @@ HEIGHT = 520
 SINGLE_COLOR = "#BBBBBB"
 #: Other synapses drawn behind one group on its own map (a random sample above this).
 GROUP_MAP_BACKGROUND = 2000
+#: Groups above which writing the summary page shows a progress bar.
+SUMMARY_PROGRESS_MIN_GROUPS = 5
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1250px;color:#222;padding:0 1em}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
@@ -357,8 +360,11 @@ def summary_html(analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None,
     ]
     if names:
         overview.insert(1, "<nav>Groups: " + " ".join(f'<a href="#{anchors[g]}">{html.escape(g)}</a>' for g in names) + "</nav>")
+    rows = [row for _, row in analysis.groups.iterrows()]
+    # two figures and a rendered gallery per group: seconds for a few dozen groups
+    bar = progress(rows, desc="presynapse summary", enabled=len(rows) > SUMMARY_PROGRESS_MIN_GROUPS)
     sections = [_group_section(analysis, row, anchors[str(row[GROUP_COLUMN])], i + 1, cubes, cfg)
-                for i, (_, row) in enumerate(analysis.groups.iterrows())]
+                for i, row in enumerate(bar)]
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/>
 <title>{html.escape(title)}</title><style>{_STYLE}</style>
 <script type="text/javascript">{get_plotlyjs()}</script></head><body>

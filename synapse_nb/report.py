@@ -153,11 +153,16 @@ class RunSummary:
             return "06_presynapse did not run in this run."
         if not t.get("n_groups"):
             return f"No presynaptic neurite makes two or more analysed synapses ({t.get('n_excluded', 0)} excluded)."
-        p = t["p_value"]
-        verdict = "more alike than" if p <= 0.05 and (t.get("ratio") or 1) < 1 else "not detectably more alike than"
+        # the verdict of 06_presynapse (PresynapseAnalysis.test_sentence): p and observed/null effect;
+        # p, effect and ratio are None in the JSON when undefined (e.g. no other neurite to compare with)
+        p, effect, ratio = t.get("p_value"), t.get("effect"), t.get("ratio")
+        alike = p is not None and p <= 0.05 and effect is not None and effect < 1
+        verdict = "more alike than" if alike else "not detectably more alike than"
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a (no synapse of another neurite to compare with)"
+        p_text = f"{p:.2g}" if p is not None else "n/a"
         return (f"**{t['n_groups']} presynaptic neurites** make more than one synapse ({t['n_grouped']} synapses). "
                 f"Synapses of the same neurite are **{verdict}** others: intra/inter distance ratio "
-                f"{t['ratio']:.2f}, permutation p = {p:.2g} ({t['n_permutations']} shuffles).")
+                f"{ratio_text}, permutation p = {p_text} ({t['n_permutations']} shuffles).")
 
     def attention_markdown(self) -> str:
         """What 05_attention explained and which structure each layer attends to most."""

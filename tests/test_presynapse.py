@@ -279,6 +279,35 @@ def test_analyse_refuses_tables_that_do_not_belong_together():
         P.analyse(feats, emb[["umap_1", "umap_2"]], clusters, cube)
 
 
+def test_analyse_names_repeated_synapses_and_missing_columns_of_either_table():
+    """Checked before matching on (bbox, Var1), not left to a pandas indexing error."""
+    cube, feats, emb, clusters = _run_tables()
+    with pytest.raises(ValueError, match=r"the synapse table of 01_load names synapses more than once: bbox1/s<1>"):
+        P.analyse(feats, emb, clusters, pd.concat([cube, cube.iloc[[0]]], ignore_index=True))
+    with pytest.raises(ValueError, match=r"the synapse table of 01_load lacks column\(s\) \['Var1'\]"):
+        P.analyse(feats, emb, clusters, cube.drop(columns="Var1"))
+    with pytest.raises(ValueError, match=r"the features table names synapses more than once: bbox2/t3; rerun 02_extract"):
+        twice = pd.concat([feats, feats.iloc[[7]]], ignore_index=True)
+        P.analyse(twice, pd.concat([emb, emb.iloc[[7]]], ignore_index=True), None, cube)
+
+
+def test_summary_page_shows_progress_over_many_groups(tmp_path: Path, monkeypatch):
+    from synapse_nb import presynapse_report as R
+
+    seen = []
+
+    def fake_progress(iterable, **kw):
+        seen.append(kw)
+        return iterable
+
+    monkeypatch.setattr(R, "progress", fake_progress)
+    monkeypatch.setattr(R, "SUMMARY_PROGRESS_MIN_GROUPS", 1)
+    cube, feats, emb, clusters = _run_tables()
+    a = P.analyse(feats, emb, clusters, cube, n_permutations=20)
+    R.write_summary(tmp_path / "s.html", a)
+    assert seen == [{"desc": "presynapse summary", "enabled": True}]
+
+
 def test_figures_draw_groups_lines_heatmaps_and_distributions():
     cube, feats, emb, clusters = _run_tables()
     a = P.analyse(feats, emb, clusters, cube, n_permutations=30)

@@ -23,12 +23,13 @@ def test_summary_without_attention_or_presynapse_says_so(tmp_path):
 
 def test_presynapse_sentence_reports_the_test(tmp_path):
     run = _run(tmp_path)
-    test = {"n_groups": 15, "n_grouped": 45, "p_value": 0.000999, "ratio": 0.35, "n_permutations": 1000, "n_excluded": 0}
+    test = {"n_groups": 15, "n_grouped": 45, "p_value": 0.000999, "effect": 0.4, "ratio": 0.35, "n_permutations": 1000,
+            "n_excluded": 0}
     (run / "tables" / "presynapse_test.json").write_text(json.dumps(test))
     text = report.run_summary(run).presynapse_markdown()
     assert "**15 presynaptic neurites**" in text and "(45 synapses)" in text
     assert "**more alike than**" in text and "ratio 0.35" in text and "p = 0.001" in text
-    (run / "tables" / "presynapse_test.json").write_text(json.dumps({**test, "p_value": 0.4, "ratio": 0.97}))
+    (run / "tables" / "presynapse_test.json").write_text(json.dumps({**test, "p_value": 0.4, "effect": 0.98, "ratio": 0.97}))
     assert "**not detectably more alike than**" in report.run_summary(run).presynapse_markdown()
     (run / "tables" / "presynapse_test.json").write_text(json.dumps({"n_groups": 0, "n_excluded": 7}))
     assert report.run_summary(run).presynapse_markdown() == "No presynaptic neurite makes two or more analysed synapses (7 excluded)."
@@ -48,3 +49,25 @@ def test_attention_sentence_names_the_most_attended_structure_per_layer(tmp_path
     assert "features.3: vesicle (2.50x inside vs outside)" in text
     assert "features.20: cleft (3.00x inside vs outside)" in text
     assert "Skipped (after the feature layer, no gradient): features.27." in text
+
+
+def test_presynapse_sentence_agrees_with_06_and_survives_undefined_numbers(tmp_path):
+    """The verdict is 06_presynapse's (p and observed/null effect), and a JSON written by
+    06 for one group with no other neurite to compare with (ratio None) still reads."""
+    import numpy as np
+
+    from synapse_nb import presynapse as P
+
+    run = _run(tmp_path)
+    path = run / "tables" / "presynapse_test.json"
+    base = {"n_groups": 3, "n_grouped": 7, "n_permutations": 200}
+    path.write_text(json.dumps({**base, "p_value": 0.01, "effect": 1.2, "ratio": 0.9}))
+    assert "**not detectably more alike than**" in report.run_summary(run).presynapse_markdown()
+    one = pd.DataFrame({"bbox": ["bbox1"] * 2, "Var1": ["a", "b"], "pre_seg_id": [5, 5], "ambiguous": [False] * 2})
+    emb = pd.DataFrame({"pca_1": [0.0, 1.0], "umap_1": [0.0, 1.0], "umap_2": [0.0, 1.0]})
+    analysis = P.analyse(one, emb, None, one, n_permutations=20)
+    assert np.isnan(analysis.ratio)
+    path.write_text(json.dumps(analysis.summary()))
+    text = report.run_summary(run).presynapse_markdown()
+    assert "**not detectably more alike than**" in text
+    assert "ratio n/a (no synapse of another neurite to compare with), permutation p = 1 (20 shuffles)" in text
