@@ -304,6 +304,12 @@ class ClusterTarget(Target):
         self.labels = np.asarray(labels)
 
     def score(self, act: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        missing = [int(r) for r in rows if int(self.labels[r]) not in self.space.centroids]
+        if missing:
+            raise AttentionError(
+                f"feature rows {missing} have no cluster centroid (label -1 = noise): leave them out, "
+                "or use attention_target 'norm'"
+            )
         z = self.space.project(self.pooled(act))
         c = torch.as_tensor(np.stack([self.space.centroids[int(self.labels[r])] for r in rows]), dtype=torch.float64)
         return F.cosine_similarity(z, c, dim=1, eps=1e-12)
@@ -328,7 +334,12 @@ class LogitTarget(Target):
                 f"but this cube size gives {flat.shape[1]} ({act.shape[1]} channels x {tuple(act.shape[2:])}); the head was "
                 "trained on 80^3 cubes: set cube_size 80 (01_load), or use attention_target 'cluster' or 'norm'"
             )
-        logits = self.head(flat)
+        was_training = self.head.training
+        self.head.eval()  # dropout off: the logit of this cube, not of a random sub-network
+        try:
+            logits = self.head(flat)
+        finally:
+            self.head.train(was_training)
         probs = torch.softmax(logits.detach(), dim=1)
         pred = probs.argmax(dim=1)
         cls = pred if self.class_index < 0 else torch.full_like(pred, self.class_index)
@@ -444,6 +455,7 @@ def load_study(run: "Run", cfg: "Config") -> Study:
     cubes = CubeSet.load(run.require(run.cubes_dir, "01_load"))
     if cubes.geometry.size != fcfg.cube_size:
         logger.info("cube size %d from the stored cubes (parameters said %d)", cubes.geometry.size, fcfg.cube_size)
+        fcfg = fcfg.model_copy(update={"cube_size": cubes.geometry.size})  # what the maps are made at (recorded by 05)
     labels = points = space = None
     notes: list[str] = []
     if run.table("clusters").is_file() and run.table("embeddings").is_file():
@@ -588,7 +600,7 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
             show_progress: bool = True) -> AttentionResult:
     """Grad-CAM maps of ``study.target`` for the given feature-table rows (all layers at once)."""
     from .cubes import valid_mask_from_pads
-    from .gallery import cube_rows
+    from .gallery import cube_rows, render_rows
 
     groups = dict(rows) if isinstance(rows, Mapping) else {"sample": list(rows)}
     flat = [int(r) for v in groups.values() for r in v]
@@ -599,13 +611,8 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
         raise IndexError(f"feature rows {flat} out of range for {len(study.features)} synapses")
     feats = study.features.iloc[flat].reset_index(drop=True)
     crow = cube_rows(study.cubes, feats)
-    c = study.cfg
-    view = study.cubes.rendered(
-        segmentation_type=c.segmentation_type, alpha=c.alpha, gray_value=c.gray_value, quantize_8bit=c.quantize_8bit,
-        second_minmax=c.second_minmax, input_range="0_1", indices=crow,
-    )
     S = study.cubes.geometry.size
-    inputs = view[0 : len(crow)]
+    inputs = render_rows(study.cubes, study.cfg, crow)  # exactly what 02_extract rendered, in [0, 1]
     bits = np.asarray(study.cubes.bits[crow])
     table = study.cubes.table
     pads = [f"pad_{a}_{s}" for a in "zyx" for s in ("before", "after")]

@@ -114,6 +114,22 @@ def test_vgg3d_maps_have_the_input_shape_and_are_normalised(vgg, size):
     assert not any(p.requires_grad is False for p in model.parameters()), "parameters restored"
 
 
+def test_upsampling_puts_a_coarse_cell_on_the_centre_of_its_block():
+    """A map that lives in one cell of a 4x-pooled grid must be centred on that cell's 4^3 block
+    of the input (voxels 4..7, centre 5.5): align_corners=False; True would put it at 5."""
+    net = nn.Sequential(nn.AvgPool3d(4), nn.Conv3d(1, 1, kernel_size=1, bias=False)).eval()
+    with torch.no_grad():
+        net[1].weight.fill_(1.0)
+    x = torch.zeros(1, 1, 16, 16, 16)
+    x[0, 0, 4:8, 4:8, 4:8] = 1.0
+    _, maps, _ = A.gradcam(net, x, [1], lambda a: a[:, 0, 1, 1, 1], upto=1)
+    m = maps[1][0]
+    for axis_line in (m[:, 5, 5], m[5, :, 5], m[5, 5, :]):
+        assert np.allclose(axis_line[:12], axis_line[11::-1], atol=1e-6), "symmetric about 5.5"
+        assert axis_line[5] == pytest.approx(1.0) and axis_line[6] == pytest.approx(1.0)
+        assert axis_line[4] < 1.0 and axis_line[0] == 0.0
+
+
 def test_normalise_keeps_empty_maps_zero():
     cam = torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0]])
     out, peak = A.normalise_maps(cam)
@@ -176,6 +192,14 @@ def test_cluster_target_is_cosine_to_the_own_centroid():
     assert np.allclose(got, want, atol=1e-4)
 
 
+def test_cluster_target_refuses_noise_rows():
+    df, emb, labels = synthetic_clusters()
+    target = A.ClusterTarget(3, "avg", A.cluster_space(df, emb, labels), labels)
+    act = torch.as_tensor(df.to_numpy()[[0, 1]], dtype=torch.float32)[:, :, None, None, None]
+    with pytest.raises(A.AttentionError, match=r"feature rows \[0\] have no cluster centroid \(label -1 = noise\)"):
+        target.score(act, [0, 1])
+
+
 def small_head_model(n_classes: int = 3, size: int = 32):
     model, info = build_model(None, seed=3)
     torch.manual_seed(0)
@@ -198,6 +222,20 @@ def test_logit_target_explains_one_class():
     fixed = A.logit_target(model, info, 2)
     s2, _, _ = A.gradcam(model.features, x, [27], lambda a: fixed.score(a, [0, 1]), upto=33)
     assert np.allclose(s2, logits[:, 2].numpy(), atol=1e-5) and fixed.last_extra["class"].tolist() == [2, 2]
+
+
+def test_logit_target_runs_the_head_without_dropout():
+    model, info = small_head_model()
+    model.classifier = nn.Sequential(nn.Dropout(0.5), *model.classifier)
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    model.classifier.eval()
+    with torch.no_grad():
+        logits = model(x)
+    model.classifier.train()  # as a freshly attached head would be
+    target = A.logit_target(model, info, 1)
+    scores, _, _ = A.gradcam(model.features, x, [27], lambda a: target.score(a, [0, 1]), upto=33)
+    assert np.allclose(scores, logits[:, 1].numpy(), atol=1e-5)
+    assert model.classifier.training, "the head's mode is restored"
 
 
 def test_logit_target_errors_name_the_key():
@@ -402,6 +440,11 @@ def test_attention_notebook_in_the_pipeline_run(pipeline_run):
     assert len(samples) == clusters.loc[clusters["cluster_label"] >= 0, "cluster_label"].nunique()
     assert (samples["target"] == "cluster").all() and samples["feature_match"].min() > 0.99
     assert (samples["weights"] == "RANDOM weights (seed 42)").all()
+    # the recorded parameters are those the maps were made with (02_extract's), not the defaults
+    params_02 = yaml.safe_load((run.path / "params_02_extract.yaml").read_text())
+    params_05 = yaml.safe_load((run.path / "params_05_attention.yaml").read_text())
+    same = [k for k in A.FEATURE_KEYS if k != "cube_size"]  # 02 does not set cube_size (01_load does)
+    assert params_05["cube_size"] == 32 and {k: params_05[k] for k in same} == {k: params_02[k] for k in same}
     summary = pd.read_parquet(run.table("attention_overlap_summary"))
     assert set(summary["layer"]) == {3, 20, 27} and set(summary["structure"]) == set(A.STRUCTURES)
     assert summary["dice"].dropna().between(0, 1).all()
@@ -421,7 +464,8 @@ def test_load_study_from_a_run_without_clusters(tmp_path: Path):
     run = Run(tmp_path)
     cubes = synthetic_cubeset()
     cubes.save(run.cubes_dir)
-    recorded = C.make_config({"cube_size": S, "extraction_method": "stage_specific", "layer_num": 20, "pooling_method": "max"})
+    # 02_extract records the default cube_size 80 (01_load sets the size); the cubes are 16^3
+    recorded = C.make_config({"extraction_method": "stage_specific", "layer_num": 20, "pooling_method": "max"})
     (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
     features = cubes.table[["bbox", "Var1"]].copy()
     for i in range(96):
@@ -433,6 +477,8 @@ def test_load_study_from_a_run_without_clusters(tmp_path: Path):
         A.load_study(run, C.make_config({"attention_target": "norm", "attention_layers": [27]}))
     study = A.load_study(run, C.make_config({"attention_target": "norm"}))
     assert study.layers == [3, 20] and list(study.skipped_layers) == [27] and study.target.upto == 20
+    # the resolved settings (what 05 records): 02_extract's, at the size of the stored cubes
+    assert (study.cfg.cube_size, study.cfg.layer_num, study.cfg.pooling_method) == (S, 20, "max")
     text = study.describe()
     assert "RANDOM weights (seed 42)" in text and "max pooling of features.20" in text and "at 4^3" in text
     assert "features.27 is skipped" in text and "cubes of 16^3" in text
