@@ -69,14 +69,16 @@ def _limit_threads(func):
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
-def _as_matrix(X: np.ndarray | pd.DataFrame) -> np.ndarray:
+def finite_matrix(X: np.ndarray | pd.DataFrame, what: str = "matrix", fix: str = "standardise with reduce.standardize first") -> np.ndarray:
+    """``X`` as a finite float 2-D array (synapses x dimensions); the error names the bad rows and ``fix``."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"expected a 2-D matrix (synapses x features), got shape {X.shape}")
+        raise ValueError(f"expected a 2-D {what} (synapses x dimensions), got shape {X.shape}")
     if not np.isfinite(X).all():
         rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
-        raise ValueError(f"matrix has NaN/inf in rows {rows[:10].tolist()}: standardise with reduce.standardize first")
+        raise ValueError(f"NaN/inf in rows {rows[:10].tolist()} of the {what}: {fix}")
     return X
+
 
 
 def _check_method(method: str) -> str:
@@ -257,7 +259,7 @@ def select_k(
     method = _check_method(method)
     if method == "hdbscan":
         raise ValueError("hdbscan finds the number of clusters itself; select_k is for kmeans, gmm and ward")
-    X = _as_matrix(Xs)
+    X = finite_matrix(Xs)
     ks = k_values(k_range, X.shape[0])
     rows = []
     tree = _ward_tree(X) if method == "ward" else None
@@ -340,7 +342,7 @@ def cluster(
     defaults to 1% of the synapses, at least 5) or ``ward``.
     """
     method = _check_method(method)
-    X = _as_matrix(Xs)
+    X = finite_matrix(Xs)
     n = X.shape[0]
     selection = None
     info: dict[str, Any] = {"n_synapses": n, "seed": seed}
@@ -407,7 +409,7 @@ def stability(
         raise ValueError(f"frac must be in (0, 1), got {frac}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    X = _as_matrix(Xs)
+    X = finite_matrix(Xs)
     n = X.shape[0]
     rng = np.random.default_rng(seed)
     if n > max_n:
@@ -464,7 +466,7 @@ def stability(
 def representatives(Xs: np.ndarray, labels: np.ndarray, n: int = 3) -> dict[int, list[int]]:
     """Per cluster, the positional rows of the ``n`` members closest to the cluster centroid
     (closest first). Noise has no centroid and is left out."""
-    X = _as_matrix(Xs)
+    X = finite_matrix(Xs)
     labels = np.asarray(labels)
     if len(labels) != X.shape[0]:
         raise ValueError(f"{len(labels)} labels for {X.shape[0]} rows")

@@ -33,13 +33,9 @@ PROGRESS_MIN_WORK = 2_000_000
 
 def as_points(X: np.ndarray) -> np.ndarray:
     """``X`` as a finite float 2-D array (a clear error naming the bad rows otherwise)."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array (synapses x dimensions), got shape {X.shape}")
-    if not np.isfinite(X).all():
-        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
-        raise ValueError(f"coordinates have NaN/inf in rows {rows[:10].tolist()}: rerun 03_reduce")
-    return X
+    from .cluster import finite_matrix
+
+    return finite_matrix(X, what="coordinates", fix="rerun 03_reduce")
 
 
 def _codes(values: Sequence | np.ndarray | None, n: int, what: str) -> np.ndarray:

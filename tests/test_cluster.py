@@ -130,3 +130,18 @@ def test_agreement_ari_and_nmi():
     assert partial["n"] == 4 and partial["ari"] == pytest.approx(1.0)
     table = C.contingency(np.array([0, 0, 1, -1]), ["a", "a", "b", "b"])
     assert table.loc["0", "a"] == 2 and table.loc["noise", "b"] == 1
+
+
+def test_finite_matrix_names_bad_rows_and_the_fix():
+    from synapse_nb.cluster import finite_matrix
+    from synapse_nb.presynapse_stats import as_points
+
+    X = np.zeros((4, 2))
+    X[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^NaN/inf in rows \[2\] of the matrix: standardise with reduce.standardize first$"):
+        finite_matrix(X)
+    with pytest.raises(ValueError, match=r"^NaN/inf in rows \[2\] of the coordinates: rerun 03_reduce$"):
+        as_points(X)
+    with pytest.raises(ValueError, match=r"expected a 2-D matrix"):
+        finite_matrix(np.zeros(3))
+    assert finite_matrix([[1, 2]]).dtype == np.float64
