@@ -56,6 +56,13 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``sweep`` share: which steps, and where reports go."""
+    parser.add_argument("--only", nargs="+", default=None, help="run only these steps (e.g. 01_load)")
+    parser.add_argument("--from", dest="start", default=None, help="run from this step on")
+    parser.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synapse_nb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,16 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the notebooks on a parameter file")
     run.add_argument("params", help="YAML parameter file, e.g. parameters/demo.yaml")
     run.add_argument("--run-dir", default=None, help="reuse this run directory instead of a new one")
-    run.add_argument("--only", nargs="+", default=None, help="run only these steps (e.g. 01_load)")
-    run.add_argument("--from", dest="start", default=None, help="run from this step on")
-    run.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
+    _step_arguments(run)
     run.set_defaults(func=_run)
     sweep = sub.add_parser("sweep", help="run every combination of a sweep file (base + grid)")
     sweep.add_argument("spec", help="sweep YAML, e.g. parameters/sweep_segtypes.yaml")
     sweep.add_argument("--sweep-dir", default=None, help="resume this sweep directory (finished combinations are kept)")
-    sweep.add_argument("--only", nargs="+", default=None, help="run only these steps")
-    sweep.add_argument("--from", dest="start", default=None, help="run from this step on")
-    sweep.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
+    _step_arguments(sweep)
     sweep.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
