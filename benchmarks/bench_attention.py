@@ -3,12 +3,12 @@
 80^3 cubes, float32, seeded random weights, the ``norm`` target on the whole trunk (the
 ``cluster`` target costs the same: a few extra operations on the pooled vector).
 
-* as :func:`synapse_nb.attention.explain` runs it at its default batch of 1: plain eval-mode
-  ``nn.Module`` (autograd needs it; the folded :class:`~synapse_nb.model.InferenceTrunk` has no
-  backward), inside :func:`synapse_nb.model.reuse_large_allocations`. Channels-last weights
+* as :func:`synapse_nb.explain.attention.explain` runs it at its default batch of 1: plain eval-mode
+  ``nn.Module`` (autograd needs it; the folded :class:`~synapse_nb.features.inference.InferenceTrunk` has no
+  backward), inside :func:`synapse_nb.features.inference.reuse_large_allocations`. Channels-last weights
   were tried and gave no reliable gain on the shared 2-core machine, so they are off;
 * seconds per synapse for each layer alone (forward to features.33 + backward to that layer),
-  and for the three default layers in ONE pass (what :func:`synapse_nb.attention.explain`
+  and for the three default layers in ONE pass (what :func:`synapse_nb.explain.attention.explain`
   does), at batch 1 and at the module's default batch;
 * peak resident memory (VmHWM) of a fresh process that builds the model and explains one
   batch of 1 and of 8 cubes at the three default layers, with and without
@@ -34,9 +34,11 @@ import time
 import numpy as np
 import torch
 
-from synapse_nb.attention import DEFAULT_BATCH_SIZE, NormTarget, gradcam
-from synapse_nb.extract import available_cores
-from synapse_nb.model import INPUT_SIZE, build_model, reuse_large_allocations
+from synapse_nb.core.layers import INPUT_SIZE
+from synapse_nb.explain.attention import DEFAULT_BATCH_SIZE, NormTarget, gradcam
+from synapse_nb.features.checkpoint import build_model
+from synapse_nb.features.extract import available_cores
+from synapse_nb.features.inference import reuse_large_allocations
 
 LAYERS = (3, 20, 27)
 
@@ -52,7 +54,7 @@ def cubes(n: int, size: int = INPUT_SIZE, seed: int = 0) -> torch.Tensor:
 
 
 def seconds_per_synapse(model, x: torch.Tensor, layers, batch: int) -> float:
-    # as synapse_nb.attention.explain runs it: reused buffers at batch 1 only
+    # as synapse_nb.explain.attention.explain runs it: reused buffers at batch 1 only
     with reuse_large_allocations() if batch == 1 else contextlib.nullcontext():
         return _seconds(model, x, layers, batch)
 

@@ -28,8 +28,8 @@ import pandas as pd
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from synapse_nb import cluster as C
-from synapse_nb import reduce as R
+from synapse_nb.analysis import clustering as C
+from synapse_nb.analysis import reduce as R
 
 STEPS = ["standardize", "pca", "umap_knn", "umap_2d", "umap_3d", "tsne_2d", "tsne_3d", "select_k", "cluster", "stability"]
 

@@ -7,7 +7,7 @@ Generates synthetic bboxes once (reused when the parameters match), then reports
   for the cleft crop and the smart (presynapse) crop,
 * render() time per segmentation type (one cube, and per cube inside a batch of 16),
 * peak RSS of build_cubes over all synapses of all bboxes, measured in a fresh subprocess.
-Target (SPEC/issue): < 40 ms per synapse, peak RSS < 1.5 GB for 7 bboxes.
+Target: < 40 ms per synapse, peak RSS < 1.5 GB for 7 bboxes.
 """
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from synapse_nb import labels as L
-from synapse_nb.cubes import CubeGeometry, build_cubes, build_synapse, render
-from synapse_nb.io import open_seed_bbox
+from synapse_nb.core import labels as L
+from synapse_nb.cubes.build import build_cubes, build_synapse
+from synapse_nb.cubes.geometry import CubeGeometry
+from synapse_nb.cubes.rendering import RenderSettings, render
+from synapse_nb.data.seed_layout import open_seed_bbox
 
 CELL = 48  # neurite grid pitch
 
@@ -229,12 +231,12 @@ def time_render(cubes) -> dict[int, tuple[float, float]]:
         one = []
         for c in cubes:
             s = time.perf_counter()
-            render(c.raw, c.bits, t, alpha=1.0)
+            render(c.raw, c.bits, RenderSettings(t, alpha=1.0))
             one.append((time.perf_counter() - s) * 1000)
         s = time.perf_counter()
         reps = 3
         for _ in range(reps):
-            render(raw, bits, t, alpha=0.5)
+            render(raw, bits, RenderSettings(t, alpha=0.5))
         batch = (time.perf_counter() - s) * 1000 / reps / len(raw)
         out[t] = (float(np.median(one)), batch)
     return out

@@ -34,14 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synapse_nb.extract import DEFAULT_BATCH_SIZE, POOLINGS, FeatureExtractor, available_cores, pool_features
-from synapse_nb.model import (
-    INPUT_SIZE,
-    InferenceTrunk,
-    VGG3D,
-    build_model,
-    layer_output_size,
+from synapse_nb.core.layers import INPUT_SIZE, layer_output_size
+from synapse_nb.features.checkpoint import build_model
+from synapse_nb.features.extract import (
+    DEFAULT_BATCH_SIZE,
+    POOLINGS,
+    FeatureExtractor,
+    available_cores,
+    pool_features,
 )
+from synapse_nb.features.inference import InferenceTrunk
+from synapse_nb.features.vgg3d import VGG3D
 
 
 def conv_flops(model: VGG3D, size: int = INPUT_SIZE, upto: int | None = None) -> float:

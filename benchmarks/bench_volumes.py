@@ -8,7 +8,7 @@ incompressible: ~1 GB on disk at 1024^3), ``seg`` (uint32 neurite columns) and `
 isotropic, and 10 x 8 x 8 nm so every cube is resampled to 8 nm). Then, in a fresh
 subprocess per variant, it opens the description and builds 80^3 cubes for every synapse:
 
-* ``windowed``            lazy reads of the windows around each synapse (synapse_nb.volumes),
+* ``windowed``            lazy reads of the windows around each synapse (synapse_nb.data.volumes),
 * ``windowed+resampled``  the same, resampling each window from 10 x 8 x 8 nm to 8 nm,
 * ``whole``               every volume read into memory first, then the same cube building
                           (what the seed did with its TIFF stacks).
@@ -51,7 +51,7 @@ def _synapses(n: int, size: int, rng: np.random.Generator) -> pd.DataFrame:
 def ensure_data(root: Path, size: int, n_syn: int) -> Path:
     import zarr
 
-    from synapse_nb.progress import progress
+    from synapse_nb.core.progress_bars import progress
 
     marker = root / "meta.json"
     want = {"size": size, "synapses": n_syn, "version": 1}
@@ -114,8 +114,9 @@ def _vm_hwm_mb() -> float:
 
 def child(root: Path, variant: str) -> dict:
     """One variant in this (fresh) process; prints a JSON line."""
-    from synapse_nb.cubes import CubeGeometry, build_cubes
-    from synapse_nb.dataset import open_dataset_description
+    from synapse_nb.cubes.build import build_cubes
+    from synapse_nb.cubes.geometry import CubeGeometry
+    from synapse_nb.data.description import open_dataset_description
 
     t0 = time.perf_counter()
     [b] = open_dataset_description(root / ("aniso.yaml" if "resampled" in variant else "iso.yaml"))

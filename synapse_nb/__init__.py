@@ -1,27 +1,33 @@
 """synapse-nb: notebook-first clustering of 3-D synapse morphology from volume EM.
 
-Stages are modules (``io``, ``cubes``, ``model``, ``extract``, ``plots``, ``runs``,
-``runner``, ...); they are imported on first use so ``import synapse_nb`` stays quick.
+The subpackages follow the pipeline (see docs/architecture.md):
+
+``core``         parameters, labels, errors, atomic writes, notebook setup
+``data``         volumes, synapse tables, dataset descriptions, demo data
+``cubes``        one cube per synapse, rendering, morphometrics
+``features``     the VGG3D network and feature extraction
+``analysis``     reduce, cluster, compare, export
+``explain``      3-D Grad-CAM
+``connectivity`` synapses sharing a presynaptic neurite
+``figures``      maps, plots, galleries
+``pipeline``     run directories, cache, steps, runner, sweeps, reports
+``ui``           the control panel and explorer (a leaf: nothing imports it)
+
+They are imported on first use, so ``import synapse_nb`` stays quick.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from .notebook import say, setup
+from .core.notebook import say, setup
 
 __version__ = "0.1.0"
-__all__ = ["say", "setup", "__version__"]
-
-_SUBMODULES = {
-    "atomic", "config", "cubes", "demo", "extract", "io", "labels", "model", "notebook",
-    "gallery", "plots", "progress", "report", "runner", "runs", "reduce", "cluster", "compare", "maps", "export",
-    "volumes", "dataset", "vnc", "attention", "attention_plots", "presynapse", "presynapse_stats",
-    "presynapse_report", "widgets",
-}
+SUBPACKAGES = ("core", "data", "cubes", "features", "analysis", "explain", "connectivity", "figures", "pipeline", "ui")
+__all__ = [*SUBPACKAGES, "say", "setup", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in SUBPACKAGES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """Two small bboxes in the seed layout (a few synapses each)."""
-    from synapse_nb.demo import DemoSpec, make_demo_dataset
+    from synapse_nb.data.demo import DemoSpec, make_demo_dataset
 
     out = tmp_path_factory.mktemp("demo")
     make_demo_dataset(out, DemoSpec(n_bboxes=2, shape=(96, 160, 160), synapses_per_bbox=6, seed=3), progress=False)
@@ -47,7 +47,7 @@ def tiny_params(tiny_demo: Path, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def pipeline_run(tiny_params, tmp_path_factory):
     """One papermill run of every pipeline notebook on the tiny demo (shared by the tests)."""
-    from synapse_nb import runner
+    from synapse_nb.pipeline import runner
 
     base = tmp_path_factory.mktemp("pipeline")
     values = {**tiny_params, "n_preview": 2, "attention_per_cluster": 1, "n_gifs": 2, "n_permutations": 200}

@@ -1,4 +1,4 @@
-"""Grad-CAM (synapse_nb.attention, attention_plots): known answers, shapes, targets, alignment."""
+"""Grad-CAM (synapse_nb.explain): known answers, shapes, targets, alignment."""
 from __future__ import annotations
 
 import re
@@ -12,16 +12,18 @@ import yaml
 from scipy import ndimage
 from torch import nn
 
-from synapse_nb import attention as A
-from synapse_nb import attention_plots as P
-from synapse_nb import config as C
-from synapse_nb import labels as L
-from synapse_nb import reduce as R
-from synapse_nb.cubes import CubeGeometry, CubeSet, render
-from synapse_nb.model import build_model
-from synapse_nb.runs import Run
-
-from .conftest import PROJECT_ROOT
+from synapse_nb.analysis import reduce as R
+from synapse_nb.core import config as C
+from synapse_nb.core import labels as L
+from synapse_nb.cubes.geometry import CubeGeometry
+from synapse_nb.cubes.rendering import RenderSettings, render
+from synapse_nb.cubes.store import CubeSet
+from synapse_nb.explain import attention as A
+from synapse_nb.explain import figures as P
+from synapse_nb.features.checkpoint import build_model
+from synapse_nb.pipeline import artifacts
+from synapse_nb.pipeline import steps as _pipeline_steps
+from synapse_nb.pipeline.runs import Run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,7 +134,7 @@ def test_upsampling_puts_a_coarse_cell_on_the_centre_of_its_block():
 
 def test_normalise_keeps_empty_maps_zero():
     cam = torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0]])
-    out, peak = A.normalise_maps(cam)
+    out, peak = A.normalize_maps(cam)
     assert out.tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]] and peak.tolist() == [4.0, 0.0]
 
 
@@ -140,7 +142,7 @@ def test_layers_after_the_target_have_no_map(vgg):
     model, _ = vgg
     with pytest.raises(ValueError, match=r"layers \[27\] come after features.20"):
         A.gradcam(model.features, torch.rand(1, 1, 16, 16, 16), [3, 27], lambda a: a.mean(dim=(1, 2, 3, 4)), upto=20)
-    ok, skipped = A._layers_for([3, 20, 27], 20, "cluster")
+    ok, skipped = _pipeline_steps._explained_layers([3, 20, 27], 20, "cluster")
     assert ok == [3, 20] and list(skipped) == [27]
     assert "no gradient" in skipped[27] and "attention_layers up to 20" in skipped[27]
 
@@ -292,7 +294,7 @@ def test_maps_inputs_and_masks_share_the_cube_of_the_same_synapse():
     assert result.samples["Var1"].tolist() == ["syn3", "syn1", "syn0"]
     assert result.samples["cube_row"].tolist() == [3, 1, 0]
     assert result.samples["group"].tolist() == ["cluster 0", "cluster 1", "cluster 1"]
-    want = cubes.rendered(segmentation_type=5, alpha=1.0, indices=[3, 1, 0])[0:3]
+    want = cubes.rendered(RenderSettings(segmentation_type=5, alpha=1.0), indices=[3, 1, 0])[0:3]
     assert np.array_equal(result.inputs, want)
     assert np.array_equal(result.bits, cubes.bits[[3, 1, 0]])
     assert result.maps.shape == (3, 2, S, S, S)
@@ -300,7 +302,7 @@ def test_maps_inputs_and_masks_share_the_cube_of_the_same_synapse():
     # the cleft mask is exactly where a type-7 rendering keeps the raw intensities
     for i, row in enumerate([3, 1, 0]):
         cleft = A.structure_masks(result.bits[i])["cleft"]
-        seven = render(cubes.raw[row], cubes.bits[row], 7, alpha=1.0, gray_value=0.6)
+        seven = render(cubes.raw[row], cubes.bits[row], RenderSettings(7, alpha=1.0, gray_value=0.6))
         x = cubes.raw[row].astype(np.float32)
         x = (x - x.min()) / (x.max() - x.min())
         assert np.allclose(seven[cleft], x[cleft]) and np.all(seven[~cleft] == np.float32(0.6))
@@ -337,7 +339,7 @@ def fake_result(n: int = 3, layers=(3, 20)) -> A.AttentionResult:
                             "cube_row": range(n), "group": ["cluster 0"] * n, "cluster": "0"})
     for layer in layers:
         samples[f"empty_map_{layer}"] = False
-    inputs = np.stack([render(cubes.raw[i], cubes.bits[i], 0) for i in range(n)])
+    inputs = np.stack([render(cubes.raw[i], cubes.bits[i], RenderSettings(0)) for i in range(n)])
     return A.AttentionResult(samples, list(layers), maps, inputs, cubes.bits, np.ones((n, S, S, S), bool), "cluster",
                              "RANDOM weights (seed 42) — features are not from a trained network", 0.5)
 
@@ -362,7 +364,7 @@ def test_top_regions_find_where_attention_concentrates():
     regions = A.top_regions(result)
     first = regions[(regions["layer"] == 3) & (regions["region"] == 1)].iloc[0]
     assert first["voxels"] == 3 * 2 * 8 and first["share_of_attention"] == pytest.approx(1.0)
-    assert (first["centre_z"], first["centre_y"], first["centre_x"]) == pytest.approx((11.0, 7.5, 7.5))
+    assert (first["center_z"], first["center_y"], first["center_x"]) == pytest.approx((11.0, 7.5, 7.5))
     assert first["offset_z_nm"] == pytest.approx((11 - 8) * 8.0) and first["offset_y_nm"] == pytest.approx(-0.5 * 8)
     late = regions[regions["layer"] == 20]
     assert len(late) == 1 and late["voxels"].iloc[0] == 3 * 2 * 8 and late["peak"].iloc[0] == pytest.approx(1.0)
@@ -385,14 +387,14 @@ def test_feature_config_uses_the_settings_of_02_extract(tmp_path: Path):
     run = Run(tmp_path)
     cfg = C.make_config({"attention_target": "norm", "segmentation_type": 10})
     with pytest.raises(FileNotFoundError, match="run step 02_extract first"):
-        A.feature_config(run, cfg)
+        _pipeline_steps.feature_config(run, cfg)
     recorded = C.make_config({"segmentation_type": 5, "alpha": 0.5, "extraction_method": "stage_specific", "layer_num": 20,
                               "weights_path": "/w/a.ckpt", "attention_target": "cluster"}).to_dict()
     (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded))
-    got = A.feature_config(run, cfg)
+    got = _pipeline_steps.feature_config(run, cfg)
     assert (got.segmentation_type, got.alpha, got.extraction_method, got.layer_num) == (5, 0.5, "stage_specific", 20)
     assert got.attention_target == "norm" and got.weights_path == "/w/a.ckpt"
-    assert A.feature_config(run, cfg.model_copy(update={"weights_path": "/w/b.ckpt"})).weights_path == "/w/b.ckpt"
+    assert _pipeline_steps.feature_config(run, cfg.model_copy(update={"weights_path": "/w/b.ckpt"})).weights_path == "/w/b.ckpt"
 
 
 # --------------------------------------------------------------------------------------
@@ -435,8 +437,8 @@ def test_attention_notebook_in_the_pipeline_run(pipeline_run):
     result, _ = pipeline_run
     run = result.run
     executed = run.notebooks_dir / "05_attention.ipynb"
-    samples = pd.read_parquet(run.table("attention_samples"))
-    clusters = pd.read_parquet(run.table("clusters"))
+    samples = run.read(artifacts.ATTENTION_SAMPLES)
+    clusters = run.read(artifacts.CLUSTERS)
     assert len(samples) == clusters.loc[clusters["cluster_label"] >= 0, "cluster_label"].nunique()
     assert (samples["target"] == "cluster").all() and samples["feature_match"].min() > 0.99
     assert (samples["weights"] == "RANDOM weights (seed 42)").all()
@@ -445,10 +447,10 @@ def test_attention_notebook_in_the_pipeline_run(pipeline_run):
     params_05 = yaml.safe_load((run.path / "params_05_attention.yaml").read_text())
     same = [k for k in A.FEATURE_KEYS if k != "cube_size"]  # 02 does not set cube_size (01_load does)
     assert params_05["cube_size"] == 32 and {k: params_05[k] for k in same} == {k: params_02[k] for k in same}
-    summary = pd.read_parquet(run.table("attention_overlap_summary"))
+    summary = run.read(artifacts.ATTENTION_OVERLAP_SUMMARY)
     assert set(summary["layer"]) == {3, 20, 27} and set(summary["structure"]) == set(A.STRUCTURES)
     assert summary["dice"].dropna().between(0, 1).all()
-    overlap = pd.read_parquet(run.table("attention_overlap"))
+    overlap = run.read(artifacts.ATTENTION_OVERLAP)
     assert len(overlap) == len(samples) * 3 * len(A.STRUCTURES)
     with np.load(run.path / "attention" / "maps.npz") as npz:
         assert npz["maps"].shape == (len(samples), 3, 32, 32, 32) and npz["layers"].tolist() == [3, 20, 27]
@@ -470,12 +472,12 @@ def test_load_study_from_a_run_without_clusters(tmp_path: Path):
     features = cubes.table[["bbox", "Var1"]].copy()
     for i in range(96):
         features[f"feat_{i:04d}"] = 1.0
-    run.write_table(features, "features")
+    run.write(artifacts.FEATURES, features)
     with pytest.raises(A.AttentionError, match=r"attention_target 'cluster' needs the clusters of 04_cluster"):
-        A.load_study(run, C.make_config({"attention_target": "cluster"}))
+        _pipeline_steps.load_study(run, C.make_config({"attention_target": "cluster"}))
     with pytest.raises(A.AttentionError, match=r"none of attention_layers \[27\] can be explained"):
-        A.load_study(run, C.make_config({"attention_target": "norm", "attention_layers": [27]}))
-    study = A.load_study(run, C.make_config({"attention_target": "norm"}))
+        _pipeline_steps.load_study(run, C.make_config({"attention_target": "norm", "attention_layers": [27]}))
+    study = _pipeline_steps.load_study(run, C.make_config({"attention_target": "norm"}))
     assert study.layers == [3, 20] and list(study.skipped_layers) == [27] and study.target.upto == 20
     # the resolved settings (what 05 records): 02_extract's, at the size of the stored cubes
     assert (study.cfg.cube_size, study.cfg.layer_num, study.cfg.pooling_method) == (S, 20, "max")

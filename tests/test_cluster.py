@@ -6,8 +6,8 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from synapse_nb import cluster as C
-from synapse_nb.reduce import standardize
+from synapse_nb.analysis import clustering as C
+from synapse_nb.analysis.reduce import standardize
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +133,8 @@ def test_agreement_ari_and_nmi():
 
 
 def test_finite_matrix_names_bad_rows_and_the_fix():
-    from synapse_nb.cluster import finite_matrix
-    from synapse_nb.presynapse_stats import as_points
+    from synapse_nb.analysis.clustering import finite_matrix
+    from synapse_nb.connectivity.stats import as_points
 
     X = np.zeros((4, 2))
     X[2, 1] = np.nan

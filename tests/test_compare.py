@@ -1,11 +1,11 @@
-"""Vesicle/cleft size against clusters: Kruskal-Wallis, Cliff's delta, Holm (SPEC 9)."""
+"""Vesicle/cleft size against clusters: Kruskal-Wallis, Cliff's delta, Holm."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from synapse_nb import compare as K
+from synapse_nb.analysis import compare as K
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synapse_nb import config as C
-from synapse_nb import labels as L
+from synapse_nb.core import config as C
+from synapse_nb.core import labels as L
 
 
 def test_defaults_are_valid_and_match_spec():
@@ -73,7 +73,8 @@ def test_shipped_parameter_files_are_valid():
     root = Path(__file__).resolve().parents[1] / "parameters"
     files = sorted(root.glob("*.yaml"))
     assert files, "no parameter files shipped"
-    from synapse_nb import dataset, runner, sweep
+    from synapse_nb.data import description as dataset
+    from synapse_nb.pipeline import runner, sweep
 
     for path in files:
         data = yaml.safe_load(path.read_text())
@@ -100,3 +101,32 @@ def test_seed_label_table():
 def test_k_range_checked_across_keys():
     with pytest.raises(C.ConfigError, match=r"k_max \(3\) must be at least k_min \(5\)"):
         C.make_config({"k_min": 5, "k_max": 3})
+
+
+def test_every_config_field_is_in_exactly_one_section():
+    listed = [key for keys in C.SECTIONS.values() for key in keys]
+    duplicated = sorted({k for k in listed if listed.count(k) > 1})
+    assert not duplicated, f"keys in more than one section: {duplicated}"
+    assert not set(listed) - set(C.Config.model_fields), "SECTIONS names keys Config does not have"
+    assert set(C.Config.model_fields) <= set(listed), f"keys in no section: {sorted(set(C.Config.model_fields) - set(listed))}"
+    assert all(title and keys for title, keys in C.SECTIONS.items())
+
+
+def test_validation_messages_have_one_wording():
+    with pytest.raises(C.ConfigError) as exc:
+        C.make_config({"cube_size": 70, "alpah": 1})
+    lines = str(exc.value).splitlines()
+    assert lines[0] == "invalid parameters in parameters:"
+    assert "  parameter 'cube_size': must be a multiple of 16 (the network halves it four times) (got 70)" in lines
+    assert any(line.startswith("  unknown parameter 'alpah'; known parameters: raw_dir, seg_dir") for line in lines)
+    with pytest.raises(C.ConfigError) as exc:  # a check across keys names no single key
+        C.make_config({"k_min": 5, "k_max": 3})
+    assert str(exc.value).splitlines()[1] == "  k_max (3) must be at least k_min (5)"
+
+
+def test_input_range_choices_follow_the_network_convention():
+    from typing import get_args
+
+    from synapse_nb.core.layers import INPUT_RANGES
+
+    assert get_args(C.Config.model_fields["input_range"].annotation) == ("auto", *INPUT_RANGES)

@@ -1,4 +1,4 @@
-"""Cube building on small hand-made volumes where every right answer is known (SPEC 4, 13)."""
+"""Cube building on small hand-made volumes where every right answer is known (rules: docs/cubes.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,22 +6,15 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from synapse_nb import labels as L
-from synapse_nb.cubes import (
-    CubeGeometry,
-    CubeSet,
-    SynapseError,
-    add_physical_units,
-    build_cubes,
-    build_synapse,
-    cleft_area,
-    closest_component,
-    dilate6,
-    morphometrics,
-    render,
-    segmentation_mask,
-)
-from synapse_nb.io import BboxData, DataError
+from synapse_nb.core import labels as L
+from synapse_nb.core.errors import DataError
+from synapse_nb.cubes.build import SynapseError, build_cubes, build_synapse
+from synapse_nb.cubes.components import closest_component, dilate6
+from synapse_nb.cubes.geometry import CubeGeometry
+from synapse_nb.cubes.morphometry import add_physical_units, cleft_area, morphometrics
+from synapse_nb.cubes.rendering import RenderSettings, render, segmentation_mask
+from synapse_nb.cubes.store import CubeSet
+from synapse_nb.data.bbox import BboxData
 
 IDS = L.LabelIds(mito=1, vesicle=3, cleft=2, cleft2=4)  # the seed's bbox2/bbox5 ids
 N = 40  # volume edge
@@ -425,7 +418,7 @@ def _render_case():
 def test_blending_formula_exact(alpha):
     raw, bits = _render_case()
     g = 0.6
-    out = render(raw, bits, 1, alpha=alpha, gray_value=g)
+    out = render(raw, bits, RenderSettings(1, alpha=alpha, gray_value=g))
     assert out.dtype == np.float32 and out.shape == raw.shape
     assert out[0, 0, 0] == pytest.approx(1.0)
     assert out[1, 1, 1] == pytest.approx(0.5)  # inside: raw kept whatever alpha
@@ -435,21 +428,21 @@ def test_blending_formula_exact(alpha):
 
 def test_type_0_is_plain_minmax():
     raw, bits = _render_case()
-    out = render(raw, bits, 0, alpha=1.0)
+    out = render(raw, bits, RenderSettings(0, alpha=1.0))
     np.testing.assert_allclose(out, raw / 200.0, atol=1e-7)
 
 
 def test_constant_cube_renders_zeros_and_stays_finite():
     raw = np.full((4, 4, 4), 77, np.uint8)
-    out = render(raw, np.zeros_like(raw), 0)
+    out = render(raw, np.zeros_like(raw), RenderSettings(0))
     assert np.all(out == 0)
-    out = render(raw, np.zeros_like(raw), 1, alpha=1.0)
+    out = render(raw, np.zeros_like(raw), RenderSettings(1, alpha=1.0))
     assert np.allclose(out, 0.6)
 
 
 def test_quantisation_second_minmax_and_input_range():
     raw, bits = _render_case()
-    q = render(raw, bits, 1, alpha=0.5, quantize_8bit=True)
+    q = render(raw, bits, RenderSettings(1, alpha=0.5, quantize_8bit=True))
     # 0.5 -> 127.5 -> 128/255 (numpy rounds half to even); 0.3 -> 76.5 -> 76/255
     assert q[1, 1, 1] == pytest.approx(128 / 255)
     assert q[3, 3, 3] == pytest.approx(76 / 255)
@@ -457,18 +450,18 @@ def test_quantisation_second_minmax_and_input_range():
     # second min-max: mask excludes the minimum -> outside floor 0.6 becomes the new 0
     raw2 = raw.copy()
     raw2[0, 0, 0] = 200
-    m = render(raw2, bits, 1, alpha=1.0)
+    m = render(raw2, bits, RenderSettings(1, alpha=1.0))
     assert m.min() == pytest.approx(0.5)  # inside voxel 1,1,1 (0.5) is the smallest
-    m2 = render(raw2, bits, 1, alpha=1.0, second_minmax=True)
+    m2 = render(raw2, bits, RenderSettings(1, alpha=1.0, second_minmax=True))
     assert m2.min() == pytest.approx(0.0) and m2.max() == pytest.approx(1.0)
     assert m2[3, 3, 3] == pytest.approx((0.6 - 0.5) / 0.5, abs=1e-6)
-    pm = render(raw, bits, 1, alpha=0.5, input_range="-1_1")
-    np.testing.assert_allclose(pm, render(raw, bits, 1, alpha=0.5) * 2 - 1, atol=1e-6)
+    pm = render(raw, bits, RenderSettings(1, alpha=0.5, input_range="-1_1"))
+    np.testing.assert_allclose(pm, render(raw, bits, RenderSettings(1, alpha=0.5)) * 2 - 1, atol=1e-6)
     assert pm.dtype == np.float32
     with pytest.raises(ValueError, match="input_range"):
-        render(raw, bits, 1, input_range="0_255")
+        render(raw, bits, RenderSettings(1, input_range="0_255"))
     with pytest.raises(ValueError, match="alpha"):
-        render(raw, bits, 1, alpha=1.5)
+        render(raw, bits, RenderSettings(1, alpha=1.5))
 
 
 def test_render_batch_normalises_per_cube(cube):
@@ -476,9 +469,9 @@ def test_render_batch_normalises_per_cube(cube):
     batch_raw = np.stack([cube.raw, raw2])
     batch_bits = np.stack([cube.bits, cube.bits])
     for t in (0, 6, 11):
-        out = render(batch_raw, batch_bits, t, alpha=0.5)
-        np.testing.assert_allclose(out[0], render(cube.raw, cube.bits, t, alpha=0.5), atol=1e-6)
-        np.testing.assert_allclose(out[1], render(raw2, cube.bits, t, alpha=0.5), atol=1e-6)
+        out = render(batch_raw, batch_bits, RenderSettings(t, alpha=0.5))
+        np.testing.assert_allclose(out[0], render(cube.raw, cube.bits, RenderSettings(t, alpha=0.5)), atol=1e-6)
+        np.testing.assert_allclose(out[1], render(raw2, cube.bits, RenderSettings(t, alpha=0.5)), atol=1e-6)
 
 
 # --- morphometrics ----------------------------------------------------------------------------------
@@ -625,16 +618,16 @@ def test_save_load_round_trip_and_rendered_view(cubeset, tmp_path):
     pd.testing.assert_frame_equal(loaded.table, cubeset.table)
     pd.testing.assert_frame_equal(loaded.skipped, cubeset.skipped, check_dtype=False)
     assert loaded.geometry == cubeset.geometry and loaded.voxel_size_nm == cubeset.voxel_size_nm
-    view = loaded.rendered(11, alpha=0.5, input_range="-1_1")
+    view = loaded.rendered(RenderSettings(11, alpha=0.5, input_range="-1_1"))
     assert len(view) == 3 and view.shape == (3, S, S, S)
-    whole = render(np.asarray(cubeset.raw), np.asarray(cubeset.bits), 11, alpha=0.5, input_range="-1_1")
+    whole = render(np.asarray(cubeset.raw), np.asarray(cubeset.bits), RenderSettings(11, alpha=0.5, input_range="-1_1"))
     batches = list(view.batches(2))
     assert [b.shape[0] for b in batches] == [2, 1]
     np.testing.assert_array_equal(np.concatenate(batches), whole)
     np.testing.assert_array_equal(view[1], whole[1])
     np.testing.assert_array_equal(view[-1], whole[2])
     np.testing.assert_array_equal(view[[2, 0]], whole[[2, 0]])
-    sub = loaded.rendered(11, alpha=0.5, input_range="-1_1", indices=[0, 2])
+    sub = loaded.rendered(RenderSettings(11, alpha=0.5, input_range="-1_1"), indices=[0, 2])
     np.testing.assert_array_equal(sub[:], whole[[0, 2]])
     with pytest.raises(IndexError):
         view[3]

@@ -11,13 +11,18 @@ import pytest
 import yaml
 import zarr
 
-from synapse_nb import cache
-from synapse_nb import config as C
-from synapse_nb import cubes as CB
-from synapse_nb import dataset as D
-from synapse_nb import io as sio
-from synapse_nb import labels as L
-from synapse_nb.io import DataError
+from synapse_nb.core import config as C
+from synapse_nb.core import labels as L
+from synapse_nb.core.errors import DataError
+from synapse_nb.cubes import build as _cubes_build
+from synapse_nb.cubes import geometry as _cubes_geometry
+from synapse_nb.cubes import store as _cubes_store
+from synapse_nb.data import bbox as _data_bbox
+from synapse_nb.data import datasets as _data_datasets
+from synapse_nb.data import description as D
+from synapse_nb.data import tables as _data_tables
+from synapse_nb.pipeline import cache
+from synapse_nb.pipeline import steps as _pipeline_steps
 
 NATIVE = (40.0, 4.0, 4.0)  # z, y, x nm
 SHAPE = (12, 200, 200)  # 480 x 800 x 800 nm -> 60 x 100 x 100 voxels of 8 nm
@@ -119,7 +124,7 @@ def test_valid_description_opens_lazily_with_relative_paths(desc_path, data_dir)
     assert t[L.NAME_COLUMN].tolist() == ["A", "B", "C"] and t["table_row"].tolist() == [2, 3, 4]
     assert t[list(L.CENTER_COLUMNS)].iloc[0].tolist() == [99.0, 100.0, 6.0]
     assert t[list(L.SIDE1_COLUMNS)].iloc[2].isna().all() and "comment" in t
-    assert sio.has_side_points(t)
+    assert _data_tables.has_side_points(t)
 
 
 def test_plain_path_string_and_excel_table(data_dir):
@@ -212,18 +217,18 @@ def test_table_side_rules(tmp_path):
     df.loc[1, L.SIDE1_COLUMNS[1]] = np.nan  # one of three coordinates missing: an error
     df.to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(DataError, match=r"t.csv: column side_1_coord_2 is empty or not a number in row\(s\) \[3\] \(leave all three"):
-        sio.read_synapse_table(tmp_path / "t.csv", allow_missing_sides=True)
+        _data_tables.read_synapse_table(tmp_path / "t.csv", allow_missing_sides=True)
     table_frame(custom=False).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(DataError, match=r"t.csv: column side_1_coord_1 is empty or not a number in row\(s\) \[4\]$"):
-        sio.read_synapse_table(tmp_path / "t.csv")  # the seed layout keeps requiring sides
+        _data_tables.read_synapse_table(tmp_path / "t.csv")  # the seed layout keeps requiring sides
     df = table_frame(custom=False).astype({L.CENTER_COLUMNS[2]: object})
     df.loc[0, L.CENTER_COLUMNS[2]] = "top"
     df.to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(DataError, match=r"column central_coord_3 is empty or not a number in row\(s\) \[2\]"):
-        sio.read_synapse_table(tmp_path / "t.csv", allow_missing_sides=True)
+        _data_tables.read_synapse_table(tmp_path / "t.csv", allow_missing_sides=True)
     table_frame(custom=True).to_csv(tmp_path / "c.csv", index=False)
     with pytest.raises(DataError, match=r"c.csv lacks column\(s\) \['Var1', 'central_coord_1'"):
-        sio.read_synapse_table(tmp_path / "c.csv")
+        _data_tables.read_synapse_table(tmp_path / "c.csv")
 
 
 # --------------------------------------------------------------------------------------
@@ -267,18 +272,18 @@ def test_build_refuses_before_any_work(data_dir, tmp_path, monkeypatch):
     path = write_desc(data_dir, description(bbox={"labels": {"mito": 1, "vesicle": 0, "cleft": 2, "cleft2": 2}}), "novesicle.yaml")
     bboxes = D.open_dataset_description(path)
     cfg = C.make_config({"dataset": str(path), "segmentation_type": 1, "cube_size": 32, "cache_dir": str(tmp_path / "cache")})
-    monkeypatch.setattr(CB, "build_cubes", lambda *a, **k: pytest.fail("cube building started"))
+    monkeypatch.setattr(_pipeline_steps, "build_cubes", lambda *a, **k: pytest.fail("cube building started"))
     with pytest.raises(DataError, match=r"segmentation type 1 \(pre\) needs a vesicle-cloud label"):
-        CB.build_from_config(bboxes, cfg, progress=False)
+        _pipeline_steps.check_dataset(bboxes, cfg)
     with pytest.raises(DataError, match=r"segmentation type 1 \(pre\)"):
-        CB.build_or_reuse(bboxes, cfg, run=None, progress=False)  # type: ignore[arg-type]
+        _pipeline_steps.build(bboxes, cfg, run=None, progress=False)  # type: ignore[arg-type]
     assert not (tmp_path / "cache").exists()
     # the smart crop needs the presynaptic side too: refused, even for a type that is served
     cfg = C.make_config({"dataset": str(path), "segmentation_type": 7, "crop_mode": "presynapse", "cube_size": 32,
                          "cache_dir": str(tmp_path / "cache")})
-    for build in (CB.build_from_config, lambda b, c, progress: CB.build_or_reuse(b, c, run=None, progress=progress)):
+    for build in (_pipeline_steps.check_dataset, lambda b, c: _pipeline_steps.build(b, c, run=None, progress=False)):
         with pytest.raises(DataError) as exc:
-            build(bboxes, cfg, progress=False)
+            build(bboxes, cfg)
         assert str(exc.value) == (
             "crop_mode 'presynapse' centres cubes on the presynaptic segment, which needs a vesicle-cloud label; "
             "dataset 'aniso' has none (labels.vesicle: 0); use crop_mode 'cleft' for this dataset"
@@ -293,17 +298,17 @@ def test_build_refuses_before_any_work(data_dir, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def aniso_cubes(desc_path):
     cfg = C.make_config({"dataset": str(desc_path), "cube_size": 48, "segmentation_type": 10, "target_voxel_nm": 8.0})
-    bboxes = sio.open_dataset(cfg)
-    return CB.build_from_config(bboxes, cfg, progress=False), bboxes
+    bboxes = _data_datasets.open_dataset(cfg)
+    return _pipeline_steps.make_cubes(bboxes, cfg, progress=False), bboxes
 
 
 def test_open_dataset_uses_the_description(desc_path, caplog):
     cfg = C.make_config({"dataset": str(desc_path), "voxel_size_nm": [1.0, 1.0, 1.0], "raw_dir": "/nowhere"})
     with caplog.at_level(logging.INFO, logger="synapse_nb"):
-        [b] = sio.open_dataset(cfg)
+        [b] = _data_datasets.open_dataset(cfg)
     assert b.voxel_size_nm == NATIVE
     assert "its voxel size [40.0, 4.0, 4.0] nm and label ids are used" in caplog.text
-    summary = sio.dataset_summary([b])
+    summary = _data_datasets.dataset_summary([b])
     assert summary.loc[0, "voxel (z, y, x) nm"] == "40, 4, 4" and summary.loc[0, "shape (z, y, x)"] == "12x200x200"
     assert summary.loc[0, "source"].startswith("zarr: ") and summary.loc[0, "source"].endswith("[raw]")
 
@@ -360,7 +365,7 @@ def test_unknown_partners_still_build(aniso_cubes):
 
 def test_no_resampling_keeps_native_voxels(desc_path):
     cfg = C.make_config({"dataset": str(desc_path), "cube_size": 16, "segmentation_type": 0, "target_voxel_nm": 0.0})
-    cs = CB.build_from_config(sio.open_dataset(cfg), cfg, progress=False)
+    cs = _pipeline_steps.make_cubes(_data_datasets.open_dataset(cfg), cfg, progress=False)
     assert cs.voxel_size_nm == NATIVE and not cs.table["resampled"].any()
     assert cs.table["cube_center_z"].tolist() == [6, 0, 6]
 
@@ -381,9 +386,9 @@ def test_table_xyz_maps_to_the_zyx_grid_per_axis_and_stays_on_it():
         for cols, p in ((L.CENTER_COLUMNS, c), (L.SIDE1_COLUMNS, s1), (L.SIDE2_COLUMNS, s2)):
             rec.update(dict(zip(cols, map(float, p))))
         recs.append(rec)
-    b = sio.BboxData(name="tiny", raw=np.zeros(shape, np.uint8), seg=seg, mask=mask, table=pd.DataFrame(recs),
+    b = _data_bbox.BboxData(name="tiny", raw=np.zeros(shape, np.uint8), seg=seg, mask=mask, table=pd.DataFrame(recs),
                      label_ids=L.LabelIds(mito=0, vesicle=0, cleft=2, cleft2=2), voxel_size_nm=native)
-    cs = CB.build_cubes([b], CB.CubeGeometry(size=8), progress=False, target_voxel_nm=8.0)
+    cs = _cubes_build.build_cubes([b], _cubes_geometry.CubeGeometry(size=8), progress=False, target_voxel_nm=8.0)
     assert cs.skipped.empty, cs.skipped.to_dict("records")
     t = cs.table.set_index(L.NAME_COLUMN)
     # edge: z (1.5*40)/8-.5 = 7; y (3.5*4.6)/8-.5 = 1.51 -> held on the last of 2 rows (1); x (20.5*5)/8-.5 = 12.31 -> 12
@@ -399,13 +404,13 @@ def test_zero_label_never_matches_background():
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[8:12, 8:12, 10] = 2
     ids = L.LabelIds(mito=0, vesicle=0, cleft=2, cleft2=0)
-    cube = CB.build_synapse(raw, seg, mask, (10, 10, 10), (5, 10, 10), (15, 10, 10), ids, CB.CubeGeometry(size=8))
+    cube = _cubes_build.build_synapse(raw, seg, mask, (10, 10, 10), (5, 10, 10), (15, 10, 10), ids, _cubes_geometry.CubeGeometry(size=8))
     for bit in (L.BIT_VESICLE, L.BIT_CLEFT2, L.BIT_MITO, L.BIT_MITO_ANY):
         assert not (cube.bits & bit).any()
     assert np.count_nonzero(cube.bits & L.BIT_CLEFT) == 16
     assert "no vesicle-cloud label in this dataset" in cube.info["ambiguity_reason"]
     # no seg at all: pre/post empty, recorded
-    cube = CB.build_synapse(raw, None, mask, (10, 10, 10), (5, 10, 10), (15, 10, 10), ids, CB.CubeGeometry(size=8))
+    cube = _cubes_build.build_synapse(raw, None, mask, (10, 10, 10), (5, 10, 10), (15, 10, 10), ids, _cubes_geometry.CubeGeometry(size=8))
     assert cube.info["pre_side"] == 0 and "no neurite segmentation" in cube.info["ambiguity_reason"]
 
 
@@ -422,13 +427,13 @@ def test_cache_key_follows_the_description_and_target(data_dir, tmp_path):
 @pytest.mark.notebooks
 def test_01_load_notebook_on_a_described_dataset(desc_path, tmp_path):
     """The runner passes dataset / target_voxel_nm to 01_load, which shows source, voxel and types."""
-    from synapse_nb import runner
+    from synapse_nb.pipeline import runner
 
     params = {"dataset": str(desc_path), "target_voxel_nm": 8.0, "cube_size": 48, "segmentation_type": 7,
               "n_preview": 2, "cache_dir": ""}
     result = runner.run_pipeline(params, runs_root=tmp_path / "runs", reports_root=None, only=["01_load"])
     assert result.ok
-    cs = CB.CubeSet.load(result.run.cubes_dir)
+    cs = _cubes_store.CubeSet.load(result.run.cubes_dir)
     assert len(cs) == 3 and cs.voxel_size_nm == (8.0, 8.0, 8.0)
     text = result.steps[0].executed.read_text(encoding="utf-8")
     assert "Dataset 'aniso' from the description" in text
@@ -456,18 +461,17 @@ def test_descriptions_are_told_apart_from_run_parameters():
 
 def test_cubes_remember_what_their_dataset_cannot_serve(data_dir, tmp_path):
     """02_extract run on its own with a type 01_load would refuse: refused from the cube store."""
-    from synapse_nb import extract as X
 
     path = write_desc(data_dir, description(bbox={"labels": {"mito": 1, "vesicle": 0, "cleft": 2, "cleft2": 2}}), "novesicle2.yaml")
     bboxes = D.open_dataset_description(path)
     cfg = C.make_config({"dataset": str(path), "segmentation_type": 7, "cube_size": 32})
-    cubes = CB.build_from_config(bboxes, cfg, progress=False)
+    cubes = _pipeline_steps.make_cubes(bboxes, cfg, progress=False)
     assert set(cubes.refused_types) == set(D.refused_types(bboxes)) and 5 in cubes.refused_types and 7 not in cubes.refused_types
-    loaded = CB.CubeSet.load(cubes.save(tmp_path / "cubes"))
+    loaded = _cubes_store.CubeSet.load(cubes.save(tmp_path / "cubes"))
     assert loaded.refused_types == cubes.refused_types
     five = cfg.model_copy(update={"segmentation_type": 5})
     with pytest.raises(DataError) as exc:
-        X.extract_from_config(loaded, None, None, five, progress=False)  # type: ignore[arg-type]
+        _pipeline_steps.compute_features(loaded, None, None, five, progress=False)  # type: ignore[arg-type]
     assert str(exc.value).startswith("segmentation type 5 (pre + post + vesicle + cleft) needs a vesicle-cloud label")
     assert str(exc.value).endswith("Types these cubes support: " + ", ".join(map(str, D.supported_types(bboxes))))
     loaded.require_type(7)  # served: no error

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo dataset (synapse_nb.demo, SPEC 12 in the layout of SPEC 3.1)."""
+"""Tests of the synthetic demo dataset (synapse_nb.data.demo, written in the original tool's folder layout)."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from synapse_nb.demo import (
-    CLASS_NAMES,
-    DEMO_MARKER_FILE,
-    GROUND_TRUTH_FILE,
-    DemoSpec,
-    make_demo_dataset,
-    plan_demo_table,
-)
-from synapse_nb.labels import (
+from synapse_nb.core.labels import (
     CENTER_COLUMNS,
     DEMO_CLASS_COLUMN,
     NAME_COLUMN,
@@ -27,6 +19,14 @@ from synapse_nb.labels import (
     SIDE2_COLUMNS,
     label_ids_for,
     mask_folder_name,
+)
+from synapse_nb.data.demo import (
+    CLASS_NAMES,
+    DEMO_MARKER_FILE,
+    GROUND_TRUTH_FILE,
+    DemoSpec,
+    make_demo_dataset,
+    plan_demo_table,
 )
 
 TINY = DemoSpec(n_bboxes=2, shape=(64, 96, 96), synapses_per_bbox=4, seed=2)

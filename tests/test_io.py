@@ -6,8 +6,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from synapse_nb import io as sio
-from synapse_nb import labels as L
+from synapse_nb.core import errors as _core_errors
+from synapse_nb.core import labels as L
+from synapse_nb.data import seed_layout as _data_seed_layout
+from synapse_nb.data import slices as _data_slices
 
 
 def write_stack(folder: Path, vol: np.ndarray, names=None, compress=False) -> None:
@@ -47,7 +49,7 @@ def test_natural_sort_not_lexicographic(tmp_path: Path):
     vol = np.arange(12, dtype=np.uint8).reshape(12, 1, 1) * np.ones((1, 3, 4), np.uint8)
     names = [f"slice_{z}.tif" for z in range(12)]  # slice_10 sorts before slice_2 lexicographically
     write_stack(tmp_path / "s", vol, names)
-    stack = sio.SliceStack(tmp_path / "s")
+    stack = _data_slices.SliceStack(tmp_path / "s")
     assert [p.name for p in stack.files][:3] == ["slice_0.tif", "slice_1.tif", "slice_2.tif"]
     assert stack[:, 0, 0].tolist() == list(range(12))
 
@@ -56,7 +58,7 @@ def test_window_reads_match_numpy(tmp_path: Path):
     vol = np.random.default_rng(1).integers(0, 255, (9, 13, 11), dtype=np.uint8)
     write_stack(tmp_path / "a", vol[:5])
     write_stack(tmp_path / "a", vol[5:], names=[f"slice_{z:03d}.tif" for z in range(5, 9)], compress=True)
-    stack = sio.SliceStack(tmp_path / "a")
+    stack = _data_slices.SliceStack(tmp_path / "a")
     assert stack.shape == (9, 13, 11) and stack.dtype == np.uint8
     np.testing.assert_array_equal(stack[2:7, 3:10, 1:4], vol[2:7, 3:10, 1:4])
     np.testing.assert_array_equal(stack[4], vol[4])
@@ -71,16 +73,16 @@ def test_rgb_raw_becomes_luma_gray_and_label_takes_first_channel(tmp_path: Path)
     for z in range(2):
         Image.fromarray(rgb).save(tmp_path / "r" / f"s_{z}.png")
         tifffile.imwrite(tmp_path / "l" / f"s_{z}.tif", np.dstack([np.full((4, 5), 7, np.uint8), np.full((4, 5), 9, np.uint8)]), photometric="minisblack", planarconfig="contig")
-    raw = sio.SliceStack(tmp_path / "r", kind="raw")
+    raw = _data_slices.SliceStack(tmp_path / "r", kind="raw")
     assert raw.shape == (2, 4, 5)
     assert raw[0, 0, 0] == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
-    lab = sio.SliceStack(tmp_path / "l", kind="label")
+    lab = _data_slices.SliceStack(tmp_path / "l", kind="label")
     assert lab[1, 2, 3] == 7
 
 
 def test_open_seed_bbox(tmp_path: Path):
     vols = make_seed_layout(tmp_path)
-    b = sio.open_seed_bbox("bbox3", **dirs(tmp_path))
+    b = _data_seed_layout.open_seed_bbox("bbox3", **dirs(tmp_path))
     assert b.shape == (8, 12, 10)
     assert b.label_ids == L.LabelIds(mito=6, vesicle=7, cleft=9, cleft2=8)
     assert b.sources["mask"].name == "bbox_3"
@@ -91,30 +93,30 @@ def test_open_seed_bbox(tmp_path: Path):
 
 def test_missing_bbox_folder_is_named(tmp_path: Path):
     make_seed_layout(tmp_path)
-    with pytest.raises(sio.DataError, match=r"bbox bbox4: raw folder not found: .*bbox4"):
-        sio.open_seed_bbox("bbox4", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match=r"bbox bbox4: raw folder not found: .*bbox4"):
+        _data_seed_layout.open_seed_bbox("bbox4", **dirs(tmp_path))
 
 
 def test_mismatched_slice_counts_are_an_error(tmp_path: Path):
     make_seed_layout(tmp_path, n_mask=7)
-    with pytest.raises(sio.DataError, match=r"bbox bbox3: raw, seg and mask volumes differ.*mask: 7 slices"):
-        sio.open_seed_bbox("bbox3", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match=r"bbox bbox3: raw, seg and mask volumes differ.*mask: 7 slices"):
+        _data_seed_layout.open_seed_bbox("bbox3", **dirs(tmp_path))
 
 
 def test_mismatched_slice_shape_names_the_file(tmp_path: Path):
     make_seed_layout(tmp_path)
     odd = tmp_path / "raw" / "bbox3" / "slice_005.tif"
     tifffile.imwrite(odd, np.zeros((12, 9), np.uint8))
-    b = sio.open_seed_bbox("bbox3", **dirs(tmp_path))
-    with pytest.raises(sio.DataError, match=r"slice_005.tif has shape \(12, 9\)"):
+    b = _data_seed_layout.open_seed_bbox("bbox3", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match=r"slice_005.tif has shape \(12, 9\)"):
         b.raw[4:7, :, :]
 
 
 def test_missing_table_column_is_named(tmp_path: Path):
     make_seed_layout(tmp_path, xlsx=False)
     table_frame().drop(columns=["side_2_coord_3"]).to_csv(tmp_path / "tables" / "bbox3.csv", index=False)
-    with pytest.raises(sio.DataError, match=r"bbox3.csv lacks column\(s\) \['side_2_coord_3'\]"):
-        sio.open_seed_bbox("bbox3", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match=r"bbox3.csv lacks column\(s\) \['side_2_coord_3'\]"):
+        _data_seed_layout.open_seed_bbox("bbox3", **dirs(tmp_path))
 
 
 def test_non_numeric_coordinate_names_the_row(tmp_path: Path):
@@ -122,21 +124,21 @@ def test_non_numeric_coordinate_names_the_row(tmp_path: Path):
     df = table_frame(3).astype({"central_coord_2": object})
     df.loc[2, "central_coord_2"] = "n/a"
     df.to_csv(tmp_path / "tables" / "bbox3.csv", index=False)
-    with pytest.raises(sio.DataError, match=r"central_coord_2 is empty or not a number in row\(s\) \[4\]"):
-        sio.open_seed_bbox("bbox3", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match=r"central_coord_2 is empty or not a number in row\(s\) \[4\]"):
+        _data_seed_layout.open_seed_bbox("bbox3", **dirs(tmp_path))
 
 
 def test_missing_table_and_bad_names(tmp_path: Path):
     make_seed_layout(tmp_path, xlsx=False)
-    with pytest.raises(sio.DataError, match=r"no synapse table bbox3.xlsx or bbox3.csv"):
-        sio.open_seed_bbox("bbox3", **dirs(tmp_path))
-    with pytest.raises(sio.DataError, match="invalid bbox name"):
-        sio.open_seed_bbox("../bbox3", **dirs(tmp_path))
-    with pytest.raises(sio.DataError, match="no bboxes selected"):
-        sio.open_seed_dataset([], **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match=r"no synapse table bbox3.xlsx or bbox3.csv"):
+        _data_seed_layout.open_seed_bbox("bbox3", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match="invalid bbox name"):
+        _data_seed_layout.open_seed_bbox("../bbox3", **dirs(tmp_path))
+    with pytest.raises(_core_errors.DataError, match="no bboxes selected"):
+        _data_seed_layout.open_seed_dataset([], **dirs(tmp_path))
 
 
 def test_discover_bboxes_natural_order(tmp_path: Path):
     for name in ["bbox10", "bbox2", "bbox1"]:
         (tmp_path / name).mkdir()
-    assert sio.discover_bboxes(tmp_path) == ["bbox1", "bbox2", "bbox10"]
+    assert _data_seed_layout.discover_bboxes(tmp_path) == ["bbox1", "bbox2", "bbox10"]

@@ -8,8 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from synapse_nb import cluster as C
-from synapse_nb import maps as M
+from synapse_nb.analysis import clustering as C
+from synapse_nb.figures import maps as M
 
 
 def frame(n: int = 90, seed: int = 0) -> pd.DataFrame:
@@ -125,7 +125,7 @@ def test_explained_variance_and_distributions_and_contingency():
 def test_selection_figure_follows_the_criterion():
     import pandas as pd
 
-    from synapse_nb import maps
+    from synapse_nb.figures import maps
 
     km = pd.DataFrame({"k": [2, 3], "inertia": [5.0, 3.0], "silhouette": [0.4, 0.6], "bic": [float("nan")] * 2, "chosen": [False, True]})
     gm = km.assign(bic=[10.0, 8.0])

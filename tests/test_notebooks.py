@@ -10,8 +10,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from synapse_nb import config as C
-from synapse_nb import runner
+from synapse_nb.core import config as C
+from synapse_nb.pipeline import artifacts, runner
 
 from .conftest import PROJECT_ROOT
 
@@ -102,12 +102,12 @@ def test_pipeline_run_writes_everything(pipeline_run):
     csv = run.tables_dir / "features_avg_seg10_alpha1_0.csv"
     assert csv.is_file() and len(pd.read_csv(csv)) == len(features)
     assert (run.tables_dir / "skipped.csv").is_file()
-    emb = pd.read_parquet(run.table("embeddings"))
+    emb = run.read(artifacts.EMBEDDINGS)
     assert len(emb) == len(features)
     assert {"umap_1", "umap_2", "tsne_1", "umap3d_3", "pca_1"} <= set(emb.columns)
     clusters = pd.read_csv(run.tables_dir / "clusters.csv")
     assert list(clusters["Var1"]) == list(features["Var1"]) and clusters["cluster"].nunique() >= 2
-    agreement = pd.read_parquet(run.table("agreement"))
+    agreement = run.read(artifacts.AGREEMENT)
     assert agreement.loc[0, "truth"] == "synapse_class" and -1 <= agreement.loc[0, "ari"] <= 1
     import anndata
 
@@ -148,7 +148,7 @@ def test_html_reports_have_no_code_and_load_nothing_remote(pipeline_run):
 
 
 def test_markdown_safe_escapes_user_strings_outside_code():
-    from synapse_nb.notebook import markdown_safe
+    from synapse_nb.core.notebook import markdown_safe
 
     out = markdown_safe("weights <script>alert(1)</script> in `a<b>.pt` **bold**")
     assert "<script>" not in out and "&lt;script&gt;" in out

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synapse_nb import presynapse as P
-from synapse_nb import presynapse_stats as S
-
-from .conftest import PROJECT_ROOT
+from synapse_nb import connectivity as P
+from synapse_nb.connectivity import stats as S
+from synapse_nb.connectivity import summary_page as _connectivity_summary_page
+from synapse_nb.data import datasets as _data_datasets
+from synapse_nb.pipeline import artifacts
+from synapse_nb.pipeline import steps as _pipeline_steps
 
 #: one call per drawn figure (plotly.js itself only defines the function)
 NEWPLOT = re.compile(r"Plotly\.newPlot\(\s*[\"']")
@@ -76,10 +78,10 @@ def test_grouping_errors_name_what_to_fix():
 
 def test_groups_of_the_demo_are_its_true_axons(tiny_params):
     """Cubes of the tiny demo: groups = synapses sharing the generator's axon (true_pre_id)."""
-    from synapse_nb import config, cubes, io
+    from synapse_nb.core import config
 
     cfg = config.make_config({k: v for k, v in tiny_params.items() if k != "cache_dir"})
-    cs = cubes.build_from_config(io.open_dataset(cfg), cfg, progress=False)
+    cs = _pipeline_steps.make_cubes(_data_datasets.open_dataset(cfg), cfg, progress=False)
     out = P.assign_groups(cs.table)
     sure = ~cs.table["ambiguous"].to_numpy()
     truth = cs.table["bbox"] + "/pre" + cs.table["true_pre_id"].astype(str)
@@ -210,8 +212,8 @@ def test_the_demo_generator_makes_axons_alike_and_the_test_finds_it():
     """Default demo plan: every axon's synapses share a class on purpose, so their planned
     geometry (bouton, cleft, vesicle-cloud radii, mitochondria) is alike; with the true axons
     shuffled within each bbox the test finds nothing."""
-    from synapse_nb.demo import plan_demo_table
-    from synapse_nb.reduce import standardize
+    from synapse_nb.analysis.reduce import standardize
+    from synapse_nb.data.demo import plan_demo_table
 
     plan = plan_demo_table()
     Xs, _ = standardize(plan[["bouton_radius", "cleft_radius", "vesicle_cloud_radius", "has_mito"]].astype(float).to_numpy())
@@ -244,9 +246,9 @@ def _run_tables():
     return cube, feats, emb, clusters
 
 
-def test_analyse_groups_measures_and_lists_the_excluded():
+def test_analyze_groups_measures_and_lists_the_excluded():
     cube, feats, emb, clusters = _run_tables()
-    a = P.analyse(feats, emb, clusters, cube, n_permutations=50, seed=0)
+    a = P.analyze(feats, emb, clusters, cube, n_permutations=50, seed=0)
     assert list(a.groups["group"]) == ["bbox1/pre5", "bbox2/pre5"]
     g = a.groups.set_index("group")
     assert g.loc["bbox1/pre5", "synapses"] == "s<1>, s2, s3" and g.loc["bbox1/pre5", "n"] == 3
@@ -264,35 +266,35 @@ def test_analyse_groups_measures_and_lists_the_excluded():
     assert len(a.intra) == 4 and a.ratio == pytest.approx(np.mean(a.intra) / np.mean(a.inter))
     assert a.headline().startswith("**7 synapses** analysed: **2 presynaptic neurites** make more than one synapse "
                                    "(1 group of 2, 1 of 3 synapses), 2 synapses are the only one of their neurite; 3 excluded.")
-    inc = P.analyse(feats, emb, clusters, cube, include_ambiguous=True, n_permutations=20)
+    inc = P.analyze(feats, emb, clusters, cube, include_ambiguous=True, n_permutations=20)
     assert "bbox1/pre8" in set(inc.groups["group"]) and inc.ambiguous.set_index("Var1").loc["s5", "used"]
     assert inc.groups.set_index("group").loc["bbox1/pre8", "n_ambiguous"] == 1
 
 
-def test_analyse_refuses_tables_that_do_not_belong_together():
+def test_analyze_refuses_tables_that_do_not_belong_together():
     cube, feats, emb, clusters = _run_tables()
     with pytest.raises(ValueError, match="embeddings have 7 rows but the features table 8"):
-        P.analyse(feats, emb.iloc[:7], clusters, cube)
+        P.analyze(feats, emb.iloc[:7], clusters, cube)
     with pytest.raises(ValueError, match=r"not in the synapse table of 01_load \(e.g. bbox2/t3\)"):
-        P.analyse(feats, emb, clusters, cube[cube["Var1"] != "t3"])
+        P.analyze(feats, emb, clusters, cube[cube["Var1"] != "t3"])
     with pytest.raises(ValueError, match="no pca_\\* columns"):
-        P.analyse(feats, emb[["umap_1", "umap_2"]], clusters, cube)
+        P.analyze(feats, emb[["umap_1", "umap_2"]], clusters, cube)
 
 
-def test_analyse_names_repeated_synapses_and_missing_columns_of_either_table():
+def test_analyze_names_repeated_synapses_and_missing_columns_of_either_table():
     """Checked before matching on (bbox, Var1), not left to a pandas indexing error."""
     cube, feats, emb, clusters = _run_tables()
     with pytest.raises(ValueError, match=r"the synapse table of 01_load names synapses more than once: bbox1/s<1>"):
-        P.analyse(feats, emb, clusters, pd.concat([cube, cube.iloc[[0]]], ignore_index=True))
+        P.analyze(feats, emb, clusters, pd.concat([cube, cube.iloc[[0]]], ignore_index=True))
     with pytest.raises(ValueError, match=r"the synapse table of 01_load lacks column\(s\) \['Var1'\]"):
-        P.analyse(feats, emb, clusters, cube.drop(columns="Var1"))
+        P.analyze(feats, emb, clusters, cube.drop(columns="Var1"))
     with pytest.raises(ValueError, match=r"the features table names synapses more than once: bbox2/t3; rerun 02_extract"):
         twice = pd.concat([feats, feats.iloc[[7]]], ignore_index=True)
-        P.analyse(twice, pd.concat([emb, emb.iloc[[7]]], ignore_index=True), None, cube)
+        P.analyze(twice, pd.concat([emb, emb.iloc[[7]]], ignore_index=True), None, cube)
 
 
 def test_summary_page_shows_progress_over_many_groups(tmp_path: Path, monkeypatch):
-    from synapse_nb import presynapse_report as R
+    from synapse_nb.connectivity import summary_page as R
 
     seen = []
 
@@ -300,17 +302,17 @@ def test_summary_page_shows_progress_over_many_groups(tmp_path: Path, monkeypatc
         seen.append(kw)
         return iterable
 
-    monkeypatch.setattr(R, "progress", fake_progress)
-    monkeypatch.setattr(R, "SUMMARY_PROGRESS_MIN_GROUPS", 1)
+    monkeypatch.setattr(_connectivity_summary_page, "progress", fake_progress)
+    monkeypatch.setattr(_connectivity_summary_page, "SUMMARY_PROGRESS_MIN_GROUPS", 1)
     cube, feats, emb, clusters = _run_tables()
-    a = P.analyse(feats, emb, clusters, cube, n_permutations=20)
+    a = P.analyze(feats, emb, clusters, cube, n_permutations=20)
     R.write_summary(tmp_path / "s.html", a)
     assert seen == [{"desc": "presynapse summary", "enabled": True}]
 
 
 def test_figures_draw_groups_lines_heatmaps_and_distributions():
     cube, feats, emb, clusters = _run_tables()
-    a = P.analyse(feats, emb, clusters, cube, n_permutations=30)
+    a = P.analyze(feats, emb, clusters, cube, n_permutations=30)
     m = P.group_map(a)
     assert [t.name for t in m.data] == ["other synapses", "bbox1/pre5", "bbox2/pre5"]
     assert len(m.data[1].x) == 4 and m.data[1].x[0] == m.data[1].x[-1]  # a closed ring of 3
@@ -329,7 +331,7 @@ def test_figures_draw_groups_lines_heatmaps_and_distributions():
 
 def test_summary_page_is_offline_escaped_and_has_a_section_per_group(tmp_path: Path):
     cube, feats, emb, clusters = _run_tables()
-    a = P.analyse(feats, emb, clusters, cube, n_permutations=30)
+    a = P.analyze(feats, emb, clusters, cube, n_permutations=30)
     path = P.write_summary(tmp_path / "html" / "presynapse_summary.html", a, title="Presynapse <demo>")
     page = path.read_text()
     assert page.count("* plotly.js v") == 1 and page.count('<script type="text/javascript">/**') == 1
@@ -346,7 +348,7 @@ def test_summary_page_is_offline_escaped_and_has_a_section_per_group(tmp_path: P
 def test_summary_without_groups_says_so(tmp_path: Path):
     cube, feats, emb, clusters = _run_tables()
     lonely = cube.assign(pre_seg_id=range(1, len(cube) + 1))
-    a = P.analyse(feats, emb, clusters, lonely, n_permutations=20)
+    a = P.analyze(feats, emb, clusters, lonely, n_permutations=20)
     assert a.n_groups == 0 and "nothing to test" in a.test_sentence()
     page = P.write_summary(tmp_path / "s.html", a).read_text()
     assert "No presynaptic neurite makes two or more analysed synapses" in page and 'class="group"' not in page
@@ -361,7 +363,7 @@ def test_notebook_06_in_the_pipeline_run(pipeline_run):
     result, _ = pipeline_run
     run = result.run
     groups = pd.read_csv(run.tables_dir / "presynapse_groups.csv")
-    features = pd.read_parquet(run.table("features"))
+    features = run.read(artifacts.FEATURES)
     sure = features[~features["ambiguous"]]
     truth = sure.groupby(["bbox", "true_pre_id"])["Var1"].apply(lambda s: ", ".join(s))
     assert set(groups["synapses"]) == set(truth[truth.str.contains(",")])

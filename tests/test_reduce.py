@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from synapse_nb import reduce as R
+from synapse_nb.analysis import reduce as R
 
 
 def blobs_table(n: int = 120, d: int = 24, centers: int = 4, seed: int = 0, index=None) -> pd.DataFrame:
@@ -162,8 +162,8 @@ def test_reduce_features_works_on_a_handful_of_synapses():
 def test_anndata_round_trip(tmp_path):
     import anndata as ad
 
-    from synapse_nb import cluster as C
-    from synapse_nb.export import to_anndata
+    from synapse_nb.analysis import clustering as C
+    from synapse_nb.analysis.export import to_anndata
 
     df = blobs_table(n=60, d=12)
     df.loc[0, ["bbox", "Var1"]] = ["bbox2", "syn_1"]  # same bbox and name as row 1: gets a suffix

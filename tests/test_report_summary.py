@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from synapse_nb import report
+from synapse_nb.pipeline import report
 
 
 def _run(tmp_path: Path) -> Path:
@@ -56,7 +56,7 @@ def test_presynapse_sentence_agrees_with_06_and_survives_undefined_numbers(tmp_p
     06 for one group with no other neurite to compare with (ratio None) still reads."""
     import numpy as np
 
-    from synapse_nb import presynapse as P
+    from synapse_nb.connectivity import groups as P
 
     run = _run(tmp_path)
     path = run / "tables" / "presynapse_test.json"
@@ -65,7 +65,7 @@ def test_presynapse_sentence_agrees_with_06_and_survives_undefined_numbers(tmp_p
     assert "**not detectably more alike than**" in report.run_summary(run).presynapse_markdown()
     one = pd.DataFrame({"bbox": ["bbox1"] * 2, "Var1": ["a", "b"], "pre_seg_id": [5, 5], "ambiguous": [False] * 2})
     emb = pd.DataFrame({"pca_1": [0.0, 1.0], "umap_1": [0.0, 1.0], "umap_2": [0.0, 1.0]})
-    analysis = P.analyse(one, emb, None, one, n_permutations=20)
+    analysis = P.analyze(one, emb, None, one, n_permutations=20)
     assert np.isnan(analysis.ratio)
     path.write_text(json.dumps(analysis.summary()))
     text = report.run_summary(run).presynapse_markdown()

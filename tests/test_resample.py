@@ -6,7 +6,7 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from synapse_nb import volumes as V
+from synapse_nb.data import volumes as V
 
 NATIVE = (40.0, 4.0, 5.0)  # z, y, x nm
 T = 8.0

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from synapse_nb import cache, config as C, runner, sweep
-from synapse_nb.__main__ import main
+from synapse_nb.core import config as C
+from synapse_nb.pipeline import cache, runner, sweep
+from synapse_nb.pipeline.cli import main
 
 
 def write_spec(path: Path, base: dict, grid: dict) -> Path:

@@ -1,4 +1,4 @@
-"""Conversion of the real Drosophila VNC ssTEM stack (synapse_nb.vnc).
+"""Conversion of the real Drosophila VNC ssTEM stack (synapse_nb.data.vnc).
 
 Tests on a small synthetic source folder run everywhere; tests marked ``realdata`` convert the
 real stack once per module and skip when ``../shared/realdata`` is absent.
@@ -19,9 +19,10 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
-from synapse_nb import labels as L
-from synapse_nb import vnc
-from synapse_nb.io import DataError
+from synapse_nb.core import labels as L
+from synapse_nb.core.errors import DataError
+from synapse_nb.data import vnc
+from synapse_nb.pipeline import artifacts
 
 from .conftest import REALDATA
 
@@ -206,7 +207,7 @@ def test_refuses_to_overwrite_a_foreign_folder_but_replaces_a_conversion(synthet
 
 
 def test_cli_convert_vnc(synthetic_src, tmp_path, caplog):
-    from synapse_nb.__main__ import main
+    from synapse_nb.pipeline.cli import main
 
     assert main(["convert-vnc", "--src", str(synthetic_src), "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "dataset.yaml").is_file()
@@ -393,7 +394,7 @@ def test_side_points_lie_in_distinct_neurites_next_to_the_synapse(table, arrays,
 @pytest.mark.realdata
 @needs_vnc
 def test_written_yaml_loads_with_the_dataset_reader(converted):
-    from synapse_nb import dataset
+    from synapse_nb.data import description as dataset
     (b,) = dataset.open_dataset_description(converted)
     assert b.name == "stack1" and b.dataset == "vnc_stack1"
     assert tuple(b.raw.shape) == tuple(b.seg.shape) == tuple(b.mask.shape) == (20, 1024, 1024)
@@ -412,8 +413,8 @@ def test_written_yaml_loads_with_the_dataset_reader(converted):
 @pytest.mark.notebooks
 @needs_vnc
 def test_pipeline_runs_on_the_converted_stack(converted, tmp_path):
-    from synapse_nb import config as C
-    from synapse_nb import runner
+    from synapse_nb.core import config as C
+    from synapse_nb.pipeline import runner
 
     params = C.read_yaml(Path(__file__).resolve().parents[1] / "parameters" / "vnc.yaml")
     params.update({"dataset": str(converted), "cache_dir": str(tmp_path / "cache"), "cube_size": 32, "n_bootstrap": 5})
@@ -427,8 +428,8 @@ def test_pipeline_runs_on_the_converted_stack(converted, tmp_path):
     assert len(built) == 50 and len(skipped) == 0  # every synapse has a cleft; sides are not needed for type 7
     assert set(built["resampled"]) == {True} and set(built["cube_voxel_z_nm"]) == {8.0}
     assert (built["cleft_volume_vox"] > 0).all()
-    features = pd.read_parquet(run.table("features"))
-    clusters = pd.read_parquet(run.table("clusters"))
+    features = run.read(artifacts.FEATURES)
+    clusters = run.read(artifacts.CLUSTERS)
     assert len(features) == len(clusters) == 50
     quality = json.loads((run.tables_dir / "cluster_quality.json").read_text())
     assert 2 <= quality["k"] <= params["k_max"]

@@ -12,8 +12,8 @@ import tifffile
 import zarr
 from PIL import Image
 
-from synapse_nb import volumes as V
-from synapse_nb.io import DataError
+from synapse_nb.core.errors import DataError
+from synapse_nb.data import volumes as V
 
 from .conftest import REALDATA
 

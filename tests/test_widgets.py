@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import ipywidgets as W
 import numpy as np
@@ -20,16 +21,18 @@ import yaml
 from plotly.callbacks import Points
 from pydantic import Field as PField
 from pydantic.fields import FieldInfo
-from typing import Literal
 
-from synapse_nb import config as C
-from synapse_nb import cubes as CU
-from synapse_nb import io as IO
-from synapse_nb import labels as L
-from synapse_nb import runner, widgets
-from synapse_nb.widgets_fields import field_for
-from synapse_nb.widgets_reports import ReportsList, list_runs, report_href
-from synapse_nb.widgets_runs import executed_progress, finish_status
+from synapse_nb.core import config as C
+from synapse_nb.core import labels as L
+from synapse_nb.cubes import store as _cubes_store
+from synapse_nb.cubes.rendering import RenderSettings
+from synapse_nb.data import datasets as _data_datasets
+from synapse_nb.pipeline import artifacts, runner
+from synapse_nb.pipeline import steps as _pipeline_steps
+from synapse_nb.ui import panel as widgets
+from synapse_nb.ui.fields import field_for
+from synapse_nb.ui.reports import ReportsList, list_runs, report_href
+from synapse_nb.ui.runs import executed_progress, finish_status
 
 from .conftest import PROJECT_ROOT
 
@@ -66,6 +69,24 @@ def test_form_has_a_widget_for_every_parameter(panel):
     assert isinstance(form.widgets["bboxes"], W.SelectMultiple)
     assert list(form.widgets["bboxes"].options) == ["bbox1", "bbox2"]  # read from raw_dir
     assert form.errors() == {} and form.warnings() == {}
+
+
+def test_form_sections_are_the_config_sections(panel):
+    from synapse_nb.ui.form import NOTEBOOK_SECTION, config_sections
+
+    acc = panel.form.widget.children[1]
+    assert isinstance(acc, W.Accordion)
+    titles = [acc.get_title(i) for i in range(len(acc.children))]
+    assert titles == [*C.SECTIONS, NOTEBOOK_SECTION]
+    assert config_sections()["alpha"] == "synapse cubes" and set(config_sections().values()) == set(C.SECTIONS)
+
+
+def test_notebook_values_are_checked_by_the_runner_s_rule():
+    assert runner.check_notebook_value(3, "int") is None and runner.check_notebook_value(3, "float") is None
+    assert runner.check_notebook_value(True, "int") == "must be int, got True"
+    assert runner.check_notebook_value("abc", "int") == "must be int, got 'abc'"
+    assert runner.check_notebook_value(3, "bool") == "must be bool, got 3"
+    assert runner.check_notebook_value(object, "None") is None  # a type papermill could not infer
 
 
 def test_a_new_config_key_gets_a_widget_from_its_type():
@@ -223,11 +244,11 @@ def test_loading_a_bad_file_leaves_the_form_unchanged(panel, tmp_path, text, mes
 # --------------------------------------------------------------------------------------
 # preview
 # --------------------------------------------------------------------------------------
-def reference_cube(tiny_params, bbox: str, name: str) -> CU.CubeSet:
+def reference_cube(tiny_params, bbox: str, name: str) -> _cubes_store.CubeSet:
     cfg = C.make_config(tiny_params)
-    b = next(b for b in IO.open_dataset(cfg) if b.name == bbox)
+    b = next(b for b in _data_datasets.open_dataset(cfg) if b.name == bbox)
     b.table = b.table[b.table[L.NAME_COLUMN] == name]
-    return CU.build_from_config([b], cfg, progress=False)
+    return _pipeline_steps.make_cubes([b], cfg, progress=False)
 
 
 def test_preview_shows_the_cube_the_network_sees(panel, tiny_params):
@@ -238,7 +259,7 @@ def test_preview_shows_the_cube_the_network_sees(panel, tiny_params):
     pv.synapse.value = name
     ref = reference_cube(tiny_params, "bbox2", name)
     assert pv.rendered.shape == (32, 32, 32) and pv.depth.max == 31 and pv.depth.value == 16
-    np.testing.assert_array_equal(pv.rendered, ref.rendered(10, alpha=1.0, gray_value=0.6)[0])
+    np.testing.assert_array_equal(pv.rendered, ref.rendered(RenderSettings(10, alpha=1.0, gray_value=0.6))[0])
     np.testing.assert_array_equal(pv.planes["z"], pv.rendered[16])
     np.testing.assert_array_equal(pv.planes["x"], pv.rendered[:, :, 16])
     assert pv.images["z"].value[:8] == b"\x89PNG\r\n\x1a\n"
@@ -249,7 +270,7 @@ def test_preview_shows_the_cube_the_network_sees(panel, tiny_params):
     z_png = pv.images["z"].value
     panel.form.widgets["segmentation_type"].value = 1
     panel.form.widgets["alpha"].value = 0.5
-    np.testing.assert_array_equal(pv.rendered, ref.rendered(1, alpha=0.5, gray_value=0.6)[0])
+    np.testing.assert_array_equal(pv.rendered, ref.rendered(RenderSettings(1, alpha=0.5, gray_value=0.6))[0])
     assert pv.images["z"].value != z_png
     pv.depth.value = 5
     np.testing.assert_array_equal(pv.planes["y"], pv.rendered[:, 5])
@@ -494,14 +515,14 @@ def test_control_panel_notebook_executes(tiny_params, tmp_path):
 
 @pytest.fixture(scope="module")
 def explorer_parts(pipeline_run):
-    from synapse_nb import maps
+    from synapse_nb.figures import maps
 
     result, _ = pipeline_run
     run = result.run
-    features, emb = run.read_table("features", "02_extract"), run.read_table("embeddings", "03_reduce")
-    clusters = run.read_table("clusters", "04_cluster")
+    features, emb = run.read(artifacts.FEATURES), run.read(artifacts.EMBEDDINGS)
+    clusters = run.read(artifacts.CLUSTERS)
     frame = maps.analysis_frame(features, emb, clusters["cluster"].to_numpy())
-    cubes = CU.CubeSet.load(run.cubes_dir)
+    cubes = _cubes_store.CubeSet.load(run.cubes_dir)
     return frame, cubes, C.load_config(run.path / "params.yaml")
 
 
@@ -518,8 +539,7 @@ def test_explorer_shows_clicked_and_selected_synapses(explorer_parts):
     assert str(frame.loc[row, "cluster"]) == trace.name
     S = cfg.cube_size
     assert ex.montage_array.shape == (S, 3 * S + 4) and ex.images.value[:4] == b"\x89PNG"
-    ref = cubes.rendered(cfg.segmentation_type, alpha=cfg.alpha, gray_value=cfg.gray_value,
-                         indices=[int(np.flatnonzero(cubes.table["Var1"] == frame.loc[row, "Var1"])[0])])[0]
+    ref = cubes.rendered(RenderSettings(cfg.segmentation_type, alpha=cfg.alpha, gray_value=cfg.gray_value), indices=[int(np.flatnonzero(cubes.table["Var1"] == frame.loc[row, "Var1"])[0])])[0]
     np.testing.assert_array_equal(ex.montage_array[:, :S], ref[S // 2])
     assert str(frame.loc[row, "Var1"]) in ex.table.value
     # a lasso over two traces: every trace reports its part of one gesture
@@ -554,10 +574,10 @@ def test_cluster_notebook_shows_the_explorer_when_interactive(pipeline_run, tmp_
                                parameters={"run_dir": str(run_copy), "interactive": True, "n_bootstrap": 2},
                                cwd=str(PROJECT_ROOT), progress_bar=False)
     nb = nbformat.read(str(out), as_version=4)
-    cell = next(c for c in nb.cells if c.source.startswith("snb.widgets.explorer("))
+    cell = next(c for c in nb.cells if c.source.startswith("snb.ui.explorer("))
     assert any(WIDGET_MIME in o.get("data", {}) for o in cell.outputs)
     batch = nbformat.read(str(result.run.notebooks_dir / "04_cluster.ipynb"), as_version=4)
-    cell = next(c for c in batch.cells if c.source.startswith("snb.widgets.explorer("))
+    cell = next(c for c in batch.cells if c.source.startswith("snb.ui.explorer("))
     assert cell.outputs == []  # batch runs stay free of widgets
 
 
@@ -577,7 +597,7 @@ def test_loading_a_file_updates_the_preview(panel, tmp_path):
     (tmp_path / "parameters" / "seg7.yaml").write_text(yaml.safe_dump({**panel.form.parameters(), "segmentation_type": 7, "alpha": 0.2}))
     assert panel.files.load("seg7.yaml")
     assert "type 7:" in panel.preview.title.value and "alpha 0.2" in panel.preview.title.value
-    np.testing.assert_array_equal(panel.preview.rendered, panel.preview.cubes.rendered(7, alpha=0.2, gray_value=0.6)[0])
+    np.testing.assert_array_equal(panel.preview.rendered, panel.preview.cubes.rendered(RenderSettings(7, alpha=0.2, gray_value=0.6))[0])
 
 
 # --------------------------------------------------------------------------------------

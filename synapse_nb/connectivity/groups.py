@@ -1,0 +1,374 @@
+"""Presynapse connectivity: do synapses made by the same presynaptic neurite look alike?
+
+Documented choices
+------------------
+Groups
+    Decided once, from the synapse table written when the cubes were built (01_load): synapses
+    with the same ``bbox`` and the same ``pre_seg_id`` (the segment id of the side chosen as
+    presynaptic there). Segment ids are never read again, so the groups are the same whatever
+    segmentation type or alpha the features were extracted with. A synapse is *excluded*
+    (listed with its reason, never silently dropped) when its pre/post decision was
+    ``ambiguous`` (unless ``include_ambiguous``), when its presynaptic id is 0 or missing (the
+    neurite is unknown) or when it has no features (e.g. an empty mask for the segmentation
+    type). A neurite with one analysed synapse is a *single*: not a group, but one of the
+    "other axons" in the inter-group distances and the permutation null.
+Distance space
+    Euclidean distance between the ``pca_*`` columns of the embeddings table (03_reduce): the
+    PCA scores of the standardised features (the standardised features themselves when PCA is
+    off). This is exactly the space 04_cluster clusters in, so "alike" here and "same cluster"
+    there mean the same thing. UMAP coordinates are only drawn, never measured.
+Intra / inter
+    Intra: every pair of synapses of one group. Inter: every pair of synapses from different
+    neurites (singles included) within the same *stratum*. With ``within_bbox`` (default; scope
+    "bbox") a stratum is a bbox, so differences between volumes (staining, section quality) can
+    neither create nor hide an effect; otherwise (scope "all") every bbox is pooled. Above :data:`MAX_INTER_PAIRS`
+    inter pairs a seeded uniform sample of that many pairs is used (said in the results). A
+    group's ratio is its mean intra distance over the mean distance from its members to the
+    other-neurite synapses of its stratum.
+Permutation test
+    Statistic: mean distance over all intra-group pairs (pairs weighted equally). Null: the
+    neurite labels are shuffled among all analysed synapses of a stratum (groups and singles),
+    keeping every group's size, i.e. each group is replaced by a random set of synapses of the
+    same bbox. Singles take part because "more alike than other synapses of the same volume"
+    is the question; shuffling among grouped synapses only would leave nothing to shuffle in a
+    bbox with one group. One-sided p = (1 + #{null <= observed}) / (1 + n_permutations), seeded.
+
+Modules: :mod:`synapse_nb.connectivity.stats` holds the statistics (pure functions on arrays),
+:mod:`synapse_nb.connectivity.summary_page` the figures, galleries and the summary page; both are
+reachable from here, which is what notebook 06 calls.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.reduce import pca_columns
+from ..core import labels as L
+from .stats import (
+    AXON_COLUMN,
+    GROUP_COLUMN,
+    MAX_INTER_PAIRS,
+    PermutationResult,
+    as_points,
+    distance_pairs,
+    finite_or_none,
+    group_distances,
+    permutation_test,
+)
+
+if TYPE_CHECKING:
+
+    pass
+
+logger = logging.getLogger(__name__)
+
+
+
+# the figures and the summary page live in presynapse_report; the notebook finds them here
+
+PRE_ID_COLUMN = "pre_seg_id"
+AMBIGUOUS_COLUMN = "ambiguous"
+REASON_COLUMN = "ambiguity_reason"
+STATUS_COLUMN = "status"
+GROUPED, SINGLE, EXCLUDED = "group", "single", "excluded"
+MAP_FALLBACKS = (("umap_1", "umap_2"), ("tsne_1", "tsne_2"), ("pca_1", "pca_2"))
+TABLE_NAMES = {"groups": "presynapse_groups", "synapses": "presynapse_synapses", "excluded": "presynapse_excluded"}
+TEST_JSON = "presynapse_test.json"
+SUMMARY_HTML = "presynapse_summary.html"
+SPACE = ("Euclidean distance in the pca_* space of 03_reduce (PCA scores of the standardised features), "
+         "the space 04_cluster clusters in")
+
+
+# --------------------------------------------------------------------------------------
+# grouping
+# --------------------------------------------------------------------------------------
+def group_name(bbox: object, pre_seg_id: object) -> str:
+    """Readable id of a presynaptic neurite: ``bbox1/pre5``."""
+    return f"{bbox}/pre{int(pre_seg_id)}"
+
+
+def _check_table(table: pd.DataFrame, what: str) -> None:
+    need = [L.BBOX_COLUMN, L.NAME_COLUMN, PRE_ID_COLUMN, AMBIGUOUS_COLUMN]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{what} lacks column(s) {missing} that 01_load records while building cubes; "
+            "rebuild the cubes (run 01_load) with this version of synapse_nb"
+        )
+    dup = table.duplicated([L.BBOX_COLUMN, L.NAME_COLUMN], keep=False)
+    if dup.any():
+        names = (table.loc[dup, L.BBOX_COLUMN].astype(str) + "/" + table.loc[dup, L.NAME_COLUMN].astype(str)).unique()
+        raise ValueError(f"{what} names synapses more than once: {', '.join(names[:5])}; synapse names (Var1) must be unique per bbox")
+
+
+def assign_groups(
+    table: pd.DataFrame,
+    include_ambiguous: bool = False,
+    available: Sequence[bool] | np.ndarray | None = None,
+    unavailable_reason: str = "not available",
+) -> pd.DataFrame:
+    """One row per synapse of ``table`` (same order): its neurite, group and status.
+
+    ``table`` is the synapse table of 01_load (cube table; the features table carries the same
+    columns). ``available`` marks rows that can be analysed (e.g. have features); the others
+    are excluded with ``unavailable_reason``. Columns: bbox, Var1, pre_seg_id, ambiguous,
+    axon (``bbox/preN`` or empty), group (the axon for groups, else empty), group_size,
+    status (``group`` / ``single`` / ``excluded``) and reason (why excluded or flagged).
+    """
+    _check_table(table, "the synapse table")
+    out = table[[L.BBOX_COLUMN, L.NAME_COLUMN]].reset_index(drop=True).astype(str)
+    pre = pd.to_numeric(table[PRE_ID_COLUMN], errors="coerce").reset_index(drop=True)
+    amb = table[AMBIGUOUS_COLUMN].reset_index(drop=True).fillna(False).astype(bool)
+    why = (table[REASON_COLUMN].reset_index(drop=True).fillna("").astype(str)
+           if REASON_COLUMN in table.columns else pd.Series([""] * len(table)))
+    out[PRE_ID_COLUMN] = pre.astype("Int64")
+    out[AMBIGUOUS_COLUMN] = amb.to_numpy()
+    reason = np.full(len(out), "", dtype=object)
+    excluded = np.zeros(len(out), dtype=bool)
+    if available is not None:
+        avail = np.asarray(available, dtype=bool)
+        if avail.shape != (len(out),):
+            raise ValueError(f"available has {avail.shape} entries for {len(out)} synapses")
+        excluded |= ~avail
+        reason[~avail] = unavailable_reason
+    unknown = pre.isna().to_numpy() | (pre.fillna(0).to_numpy() == 0)
+    reason[unknown & ~excluded] = "presynaptic segment unknown (id 0 or missing): its neurite cannot be matched"
+    excluded |= unknown
+    flag = amb.to_numpy() & ~excluded
+    detail = np.array([f"ambiguous pre/post decision ({w})" if w else "ambiguous pre/post decision" for w in why], dtype=object)
+    if include_ambiguous:
+        reason[flag] = detail[flag] + "; included (include_ambiguous)"
+    else:
+        reason[flag] = detail[flag] + "; set include_ambiguous to group it anyway"
+        excluded |= flag
+    axon = np.array([group_name(b, p) if not ex else "" for b, p, ex in zip(out[L.BBOX_COLUMN], pre.fillna(0), excluded)], dtype=object)
+    counts = pd.Series(axon[~excluded]).value_counts()
+    size = np.array([int(counts.get(a, 0)) if a else 0 for a in axon])
+    out[AXON_COLUMN] = axon
+    out[GROUP_COLUMN] = np.where(size >= 2, axon, "")
+    out["group_size"] = np.where(size >= 2, size, 0)
+    out[STATUS_COLUMN] = np.where(excluded, EXCLUDED, np.where(size >= 2, GROUPED, SINGLE))
+    out["reason"] = reason
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the analysis of one run
+# --------------------------------------------------------------------------------------
+@dataclass
+class PresynapseAnalysis:
+    """Everything 06_presynapse shows and writes."""
+
+    synapses: pd.DataFrame  # analysed synapses (groups + singles): identity, axon, group, cluster, map x/y
+    X: np.ndarray  # their coordinates in the distance space (rows aligned with ``synapses``)
+    groups: pd.DataFrame  # one row per group
+    excluded: pd.DataFrame  # synapses left out, with the reason
+    ambiguous: pd.DataFrame  # every synapse with an ambiguous pre/post decision, and whether it was used
+    test: PermutationResult
+    intra: np.ndarray
+    inter: np.ndarray
+    inter_sampled: bool
+    scope: str
+    include_ambiguous: bool
+    map_columns: tuple[str, str]
+    class_column: str | None = None
+    space: str = SPACE
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def mean_intra(self) -> float:
+        return float(self.intra.mean()) if len(self.intra) else float("nan")
+
+    @property
+    def mean_inter(self) -> float:
+        return float(self.inter.mean()) if len(self.inter) else float("nan")
+
+    @property
+    def ratio(self) -> float:
+        """Mean intra-group over mean inter-neurite distance (< 1: groups are tighter)."""
+        return self.mean_intra / self.mean_inter if self.mean_inter > 0 else float("nan")
+
+    def members(self, group: str) -> pd.DataFrame:
+        """The analysed synapses of one group (rows of :attr:`synapses`)."""
+        sub = self.synapses[self.synapses[GROUP_COLUMN] == group]
+        if sub.empty:
+            raise KeyError(f"no group {group!r}; groups are {', '.join(self.groups[GROUP_COLUMN].head(10))}")
+        return sub
+
+    def distance_matrix(self, group: str) -> pd.DataFrame:
+        """Pairwise distances among one group's synapses (names on both axes)."""
+        from scipy.spatial.distance import cdist
+
+        sub = self.members(group)
+        pts = self.X[sub.index.to_numpy()]
+        names = sub[L.NAME_COLUMN].astype(str).tolist()
+        return pd.DataFrame(cdist(pts, pts), index=names, columns=names)
+
+    def size_counts(self) -> str:
+        """How many groups of each size: ``5 groups of 2, 3 of 4``."""
+        if not self.n_groups:
+            return "no groups"
+        vc = self.groups["n"].value_counts().sort_index()
+        parts = [f"{c} of {k}" for k, c in vc.items()]
+        return f"{vc.iloc[0]} group{'s' if vc.iloc[0] != 1 else ''} of {vc.index[0]}" + "".join(f", {p}" for p in parts[1:])
+
+    def headline(self) -> str:
+        n_single = int((self.synapses[STATUS_COLUMN] == SINGLE).sum())
+        text = (f"**{len(self.synapses)} synapses** analysed: **{self.n_groups} presynaptic neurites** make more than one "
+                f"synapse ({self.size_counts()} synapses), {n_single} synapses are the only one of their neurite; "
+                f"{len(self.excluded)} excluded")
+        n_amb = int(self.ambiguous["used"].sum()) if len(self.ambiguous) else 0
+        if self.include_ambiguous and n_amb:
+            text += f"; {n_amb} synapses with an ambiguous pre/post decision are included"
+        return text + f". Distances: {self.space}."
+
+    def test_sentence(self) -> str:
+        t = self.test
+        if not t.n_groups:
+            return "No presynaptic neurite makes two or more analysed synapses, so there is nothing to test."
+        where = "within each bbox" if self.scope == "bbox" else "across all bboxes"
+        verdict = "more alike than" if t.p_value <= 0.05 and t.effect < 1 else "not detectably more alike than"
+        sampled = " (inter pairs sampled)" if self.inter_sampled else ""
+        return (f"Synapses of the same presynaptic neurite are **{verdict}** other synapses: mean distance within "
+                f"groups {t.statistic:.3g} against {t.null_mean:.3g} when neurite labels are shuffled {where} "
+                f"({t.n_permutations} permutations, seed {t.seed}): **p = {t.p_text()}**. Intra/inter ratio "
+                f"{self.ratio:.2f} (mean distance {self.mean_intra:.3g} within groups, {self.mean_inter:.3g} between "
+                f"neurites{sampled}).")
+
+    def summary(self) -> dict[str, Any]:
+        """The global numbers (what ``presynapse_test.json`` holds)."""
+        return {**self.test.as_dict(), "ratio": finite_or_none(self.ratio), "mean_intra": finite_or_none(self.mean_intra),
+                "mean_inter": finite_or_none(self.mean_inter), "n_intra_pairs": int(len(self.intra)),
+                "n_inter_pairs": int(len(self.inter)), "inter_sampled": bool(self.inter_sampled),
+                "n_synapses": int(len(self.synapses)), "n_excluded": int(len(self.excluded)),
+                "include_ambiguous": bool(self.include_ambiguous), "space": self.space,
+                "group_sizes": {str(k): int(v) for k, v in self.groups["n"].value_counts().sort_index().items()},
+                **self.params}
+
+
+def _map_columns(emb: pd.DataFrame, wanted: tuple[str, str] | None) -> tuple[str, str]:
+    options = [wanted] if wanted else []
+    for pair in [*options, *MAP_FALLBACKS]:
+        if pair and all(c in emb.columns for c in pair):
+            return pair
+    raise ValueError(f"the embeddings table has none of the 2-D map columns {MAP_FALLBACKS}: rerun 03_reduce")
+
+
+def _composition(values: pd.Series) -> str:
+    vc = values.astype(str).value_counts()
+    return ", ".join(f"{k} x{v}" for k, v in vc.items())
+
+
+def group_table(synapses: pd.DataFrame, X: np.ndarray, strata: np.ndarray | None, class_column: str | None = None,
+                seed: int = 42) -> pd.DataFrame:
+    """One row per group: bbox, pre_seg_id, n, synapse names, dominant cluster and its share,
+    cluster composition, mean intra / inter distance and their ratio (and classes when known)."""
+    grouped = synapses[STATUS_COLUMN] == GROUPED
+    dist = group_distances(X, synapses[AXON_COLUMN].to_numpy(), strata, seed=seed)
+    dist = dist[dist[AXON_COLUMN].isin(set(synapses.loc[grouped, AXON_COLUMN]))]
+    rows = []
+    for _, d in dist.iterrows():
+        sub = synapses[synapses[AXON_COLUMN] == d[AXON_COLUMN]]
+        row = {GROUP_COLUMN: d[AXON_COLUMN], L.BBOX_COLUMN: sub[L.BBOX_COLUMN].iloc[0],
+               PRE_ID_COLUMN: int(sub[PRE_ID_COLUMN].iloc[0]), "n": int(d["n"]),
+               "synapses": ", ".join(sub[L.NAME_COLUMN].astype(str))}
+        if "cluster" in sub.columns:
+            vc = sub["cluster"].astype(str).value_counts()
+            row.update(dominant_cluster=str(vc.index[0]), cluster_share=float(vc.iloc[0] / len(sub)),
+                       clusters=_composition(sub["cluster"]))
+        row.update(mean_intra=float(d["mean_intra"]), mean_inter=float(d["mean_inter"]), ratio=float(d["ratio"]),
+                   n_ambiguous=int(sub[AMBIGUOUS_COLUMN].sum()))
+        if class_column and class_column in sub.columns:
+            row[class_column] = _composition(sub[class_column])
+        rows.append(row)
+    cols = [GROUP_COLUMN, L.BBOX_COLUMN, PRE_ID_COLUMN, "n", "synapses", "dominant_cluster", "cluster_share", "clusters",
+            "mean_intra", "mean_inter", "ratio", "n_ambiguous"] + ([class_column] if class_column and class_column in synapses.columns else [])
+    out = pd.DataFrame(rows, columns=cols)
+    if "cluster" not in synapses.columns:
+        out = out.drop(columns=["dominant_cluster", "cluster_share", "clusters"])
+    return out.sort_values([L.BBOX_COLUMN, PRE_ID_COLUMN], kind="stable").reset_index(drop=True)
+
+
+def analyze(
+    features: pd.DataFrame,
+    embeddings: pd.DataFrame,
+    clusters: pd.DataFrame | None = None,
+    synapse_table: pd.DataFrame | None = None,
+    *,
+    include_ambiguous: bool = False,
+    n_permutations: int = 1000,
+    seed: int = 42,
+    within_bbox: bool = True,
+    class_column: str | None = L.DEMO_CLASS_COLUMN,
+    map_columns: tuple[str, str] | None = ("umap_1", "umap_2"),
+    max_inter_pairs: int = MAX_INTER_PAIRS,
+) -> PresynapseAnalysis:
+    """Group, measure and test. ``features``/``embeddings``/``clusters`` are the tables of
+    02/03/04 (rows aligned by position); ``synapse_table`` is the cube table of 01_load where
+    the groups come from (default: the same columns carried by ``features``). ``within_bbox``:
+    compare and shuffle only within each bbox (scope "bbox"), else across all (scope "all")."""
+    scope = "bbox" if within_bbox else "all"
+    if len(embeddings) != len(features):
+        raise ValueError(f"embeddings have {len(embeddings)} rows but the features table {len(features)}: rerun 03_reduce")
+    cols = pca_columns(embeddings)
+    if not cols:
+        raise ValueError("the embeddings table has no pca_* columns: rerun 03_reduce")
+    map_columns = _map_columns(embeddings, map_columns)
+    source = features if synapse_table is None else synapse_table
+    key = [L.BBOX_COLUMN, L.NAME_COLUMN]
+    missing = [c for c in key if c not in features.columns]
+    if missing:
+        raise ValueError(f"the features table lacks column(s) {missing}: rerun 02_extract")
+    dup = features.duplicated(key, keep=False)
+    if dup.any():
+        names = (features.loc[dup, L.BBOX_COLUMN].astype(str) + "/" + features.loc[dup, L.NAME_COLUMN].astype(str)).unique()
+        raise ValueError(f"the features table names synapses more than once: {', '.join(names[:5])}; rerun 02_extract")
+    # before matching on (bbox, Var1): a missing column or a repeated name must be named, not a pandas error
+    _check_table(source, "the synapse table of 01_load" if synapse_table is not None else "the features table")
+    feat_keys = pd.MultiIndex.from_frame(features[key].astype(str))
+    src_keys = pd.MultiIndex.from_frame(source[key].astype(str))
+    pos = feat_keys.get_indexer(src_keys)  # row of features for each synapse of the source table
+    orphans = np.flatnonzero(src_keys.get_indexer(feat_keys) < 0)
+    if len(orphans):
+        ex = [f"{features[L.BBOX_COLUMN].iloc[i]}/{features[L.NAME_COLUMN].iloc[i]}" for i in orphans[:3]]
+        raise ValueError(f"{len(orphans)} synapses of the features table are not in the synapse table of 01_load "
+                         f"(e.g. {', '.join(ex)}): the run mixes outputs of different 01_load runs; rerun from 01_load")
+    table = assign_groups(source, include_ambiguous, available=pos >= 0,
+                          unavailable_reason="no features (left out at extraction, see skipped_features of 02_extract)")
+    table["_row"] = pos
+    analyzed = table[table[STATUS_COLUMN] != EXCLUDED].sort_values("_row", kind="stable")
+    rows = analyzed["_row"].to_numpy()
+    syn = analyzed.drop(columns=["_row"]).reset_index(drop=True)
+    emb = embeddings.reset_index(drop=True)
+    for c in map_columns:
+        syn[c] = emb[c].to_numpy()[rows]
+    if clusters is not None:
+        if len(clusters) != len(features):
+            raise ValueError(f"clusters have {len(clusters)} rows but the features table {len(features)}: rerun 04_cluster")
+        syn["cluster"] = clusters["cluster"].astype(str).to_numpy()[rows]
+    class_column = class_column if class_column and class_column in features.columns else None
+    if class_column:
+        syn[class_column] = features[class_column].to_numpy()[rows]
+    X = as_points(emb[cols].to_numpy())[rows]
+    strata = syn[L.BBOX_COLUMN].to_numpy() if scope == "bbox" else None
+    axon = syn[AXON_COLUMN].to_numpy()
+    test = permutation_test(X, axon, strata, n_permutations, seed, scope)
+    intra, inter, sampled = distance_pairs(X, axon, strata, max_inter_pairs, seed)
+    groups = group_table(syn, X, strata, class_column, seed)
+    excluded = table[table[STATUS_COLUMN] == EXCLUDED][key + [PRE_ID_COLUMN, AMBIGUOUS_COLUMN, "reason"]].reset_index(drop=True)
+    amb = table[table[AMBIGUOUS_COLUMN]].copy()
+    amb["used"] = amb[STATUS_COLUMN] != EXCLUDED
+    ambiguous = amb[key + [PRE_ID_COLUMN, "used", "reason"]].reset_index(drop=True)
+    logger.info("presynapse: %d synapses, %d groups, p=%.3g, ratio=%.3f", len(syn), len(groups), test.p_value,
+                (intra.mean() / inter.mean()) if len(intra) and len(inter) else float("nan"))
+    params = {"scope": scope, "seed": int(seed), "n_dimensions": len(cols), "map_columns": list(map_columns)}
+    return PresynapseAnalysis(syn, X, groups, excluded, ambiguous, test, intra, inter, sampled, scope,
+                              bool(include_ambiguous), map_columns, class_column, SPACE, params)

@@ -1,0 +1,408 @@
+"""Building cubes: the two entry points that turn volumes and synapse tables into cubes.
+
+:func:`build_synapse` cuts one synapse out of lazy volumes: it reads one local window per
+volume, decides pre/post (:mod:`.prepost`), places the cube (:mod:`.geometry`), paints the
+structure bits, pads and measures it. :func:`build_cubes` does that for every synapse of a
+dataset and gathers a :class:`~.store.CubeSet`, recording the synapses it has to skip. The
+rules they follow are explained in ``docs/cubes.md``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..core import labels as L
+from ..core.errors import DataError
+from ..core.progress_bars import progress as progress_bar
+from ..data.bbox import BboxData
+from .components import closest_component
+from .geometry import (
+    CropBox,
+    CubeGeometry,
+    CubeGrid,
+    LabelWindows,
+    SynapseError,
+    bbox_grid,
+    check_points,
+    crop_centre,
+    decision_box,
+    fmt_extent,
+    fmt_xyz,
+    label_window,
+    round_half_up,
+    valid_mask_from_pads,
+)
+from .morphometry import add_physical_units, morphometrics
+from .prepost import PartnerSides, PrePost, check_sides, decide_pre_post
+from .rendering import RenderSettings, render
+from .store import CubeSet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SynapseCube:
+    """One synapse: raw cube, structure bits and what was decided while building it."""
+
+    raw: np.ndarray  # (S,S,S) native dtype, padded where the cube leaves the volume
+    bits: np.ndarray  # (S,S,S) uint8 structure bits (labels.BIT_*)
+    valid: np.ndarray | None = None  # not stored: see valid_mask() (the pads describe it)
+    info: dict = field(default_factory=dict)
+
+    def valid_mask(self) -> np.ndarray:
+        """Boolean (S,S,S): True where the cube lies inside the volume."""
+        return valid_mask_from_pads(self.raw.shape[0], self.info)
+
+    def render(self, settings: RenderSettings) -> np.ndarray:
+        return render(self.raw, self.bits, settings)
+
+
+# --------------------------------------------------------------------------------------
+# one synapse
+# --------------------------------------------------------------------------------------
+def build_synapse(
+    raw,
+    seg,
+    mask,
+    center_xyz: Sequence[float],
+    side1_xyz: Sequence[float],
+    side2_xyz: Sequence[float],
+    ids: L.LabelIds,
+    geometry: CubeGeometry = CubeGeometry(),
+    *,
+    bbox: str | None = None,
+    synapse: str | None = None,
+    table_row: int | None = None,
+) -> SynapseCube:
+    """Cut one synapse out of lazy volumes indexed [z, y, x]; coordinates are (x, y, z).
+
+    Reads one window per volume (see ``docs/cubes.md``). Raises :class:`SynapseError`
+    naming ``bbox``, ``synapse`` and ``table_row`` when the synapse cannot be built.
+    """
+    where = _where(bbox, synapse, table_row)
+    shape = _check_shapes(where, raw, seg, mask)
+    c, s1, s2 = check_points(where, shape, center_xyz, side1_xyz, side2_xyz)
+    windows = LabelWindows.read(seg, mask, label_window(c, geometry, shape))
+    sides = PartnerSides(s1, s2, windows.seg_id_at(s1), windows.seg_id_at(s2))
+    reasons = check_sides(where, sides, has_seg=seg is not None)
+    decision = windows.crop(decision_box(c, int(geometry.size), shape))
+    prepost = decide_pre_post(sides, decision, c, ids)
+    center, fallback = crop_centre(geometry, c, decision, prepost.pre_id)
+    reasons += [*prepost.reasons, *([fallback] if fallback else [])]
+
+    crop = _place_cube(where, center, int(geometry.size), shape, windows)
+    raw_v = _read_raw(where, raw, crop)
+    same_region = bool(
+        np.all(crop.inside.lo == decision.box.lo) and np.all(crop.inside.hi == decision.box.hi) and np.all(center == c)
+    )
+    known = {int(ids.vesicle): prepost.vesicle} if same_region else {}  # same region, same target: reuse
+    bits_v = _paint_structure_bits(windows.crop(crop.inside), prepost, ids, crop.target, known)
+    raw_cube, bits, pad_value = _pad_into_cube(raw_v, bits_v, crop)
+    info = _synapse_info(prepost, reasons, geometry.crop_mode, crop, pad_value)
+    info.update(morphometrics(bits))
+    return SynapseCube(raw=raw_cube, bits=bits, valid=None, info=info)
+
+
+def _where(bbox, synapse, table_row) -> str:
+    """How error messages name a synapse: bbox, synapse and (if known) table row."""
+    parts = [f"bbox {bbox if bbox is not None else '?'}", f"synapse {synapse if synapse is not None else '?'}"]
+    if table_row is not None:
+        parts.append(f"table row {table_row}")
+    return ", ".join(parts)
+
+
+def _check_shapes(where: str, raw, seg, mask) -> tuple[int, int, int]:
+    """The common (z, y, x) shape of the volumes; :class:`SynapseError` if they differ."""
+    shape = tuple(int(s) for s in raw.shape)
+    if len(shape) != 3:
+        raise SynapseError(f"{where}: raw volume must be 3-D (z, y, x), got shape {shape}")
+    other = {k: tuple(v.shape) for k, v in (("seg", seg), ("mask", mask)) if v is not None}
+    if any(v != shape for v in other.values()):
+        detail = ", ".join(f"{k} {v}" for k, v in other.items())
+        raise SynapseError(f"{where}: raw {shape} and {detail} volumes differ in shape; fix the input volumes")
+    return shape  # type: ignore[return-value]
+
+
+def _place_cube(
+    where: str, center: np.ndarray, size: int, shape: tuple[int, int, int], windows: LabelWindows
+) -> CropBox:
+    """The cube around ``center``; it must touch the volume and lie within the label windows."""
+    crop = CropBox.around(center, size, shape)
+    if not crop.overlaps_volume:
+        raise SynapseError(
+            f"{where}: the cube around {fmt_xyz(center)} does not overlap the volume {fmt_extent(shape)}"
+        )
+    if not windows.box.contains(crop.inside):  # cannot happen by construction
+        raise AssertionError(
+            f"{where}: cube {crop.lo}..{crop.hi} escapes the window {windows.box.lo}..{windows.box.hi}"
+        )
+    return crop
+
+
+def _read_raw(where: str, raw, crop: CropBox) -> np.ndarray:
+    """The raw voxels of the cube's in-volume part (the only raw read of a synapse)."""
+    raw_v = np.asarray(raw[crop.inside.slices()])
+    if raw_v.size == 0:
+        raise SynapseError(f"{where}: empty raw window around {fmt_xyz(crop.center)}; check the raw volume")
+    return raw_v
+
+
+def _paint_structure_bits(
+    labels: LabelWindows, prepost: PrePost, ids: L.LabelIds, target: np.ndarray, known: dict[int, np.ndarray]
+) -> np.ndarray:
+    """Structure bits of the cube's in-volume part; components closest to ``target`` win.
+
+    ``known`` holds closest components already computed for this same region and target.
+    """
+    shape = labels.box.shape
+    bits_v = np.zeros(shape, dtype=np.uint8)
+    seg_c, mask_c = labels.seg, labels.mask
+
+    def put(sel: np.ndarray, bit: int) -> None:
+        np.bitwise_or(bits_v, np.uint8(bit), out=bits_v, where=sel)
+
+    def closest(label: int) -> np.ndarray:
+        label = int(label)
+        if label == 0 or mask_c is None:  # 0 = not annotated, never the background
+            return np.zeros(shape, dtype=bool)
+        if label not in known:
+            known[label] = closest_component(mask_c == label, target)
+        return known[label]
+
+    if prepost.pre_id:
+        put(seg_c == prepost.pre_id, L.BIT_PRE)
+    if prepost.post_id:
+        put(seg_c == prepost.post_id, L.BIT_POST)
+    put(closest(ids.vesicle), L.BIT_VESICLE)
+    put(closest(ids.cleft), L.BIT_CLEFT)
+    put(closest(ids.cleft2), L.BIT_CLEFT2)
+    mito_any = (mask_c == ids.mito) if (mask_c is not None and int(ids.mito) != 0) else np.zeros(shape, dtype=bool)
+    if mito_any.any():
+        put(mito_any, L.BIT_MITO_ANY)
+        put(closest_component(mito_any, target), L.BIT_MITO)
+    return bits_v
+
+
+def _pad_into_cube(raw_v: np.ndarray, bits_v: np.ndarray, crop: CropBox) -> tuple[np.ndarray, np.ndarray, float]:
+    """Full ``S^3`` raw and bits cubes and the raw pad value recorded (NaN when not padded).
+
+    Labels are padded with 0, raw with the mean of the in-volume raw voxels (rounded half up
+    for integer dtypes), so padding never changes the cube's min-max.
+    """
+    if not crop.padded:
+        return np.ascontiguousarray(raw_v), bits_v, float("nan")
+    if np.issubdtype(raw_v.dtype, np.integer):
+        pad_value = int(round_half_up(raw_v.mean()))
+    else:
+        pad_value = float(raw_v.mean())
+    S = crop.size
+    inner = crop.inner_slices()
+    raw_cube = np.full((S, S, S), pad_value, dtype=raw_v.dtype)
+    raw_cube[inner] = raw_v
+    bits = np.zeros((S, S, S), dtype=np.uint8)
+    bits[inner] = bits_v
+    return raw_cube, bits, float(pad_value)
+
+
+def _synapse_info(prepost: PrePost, reasons: list[str], crop_mode: str, crop: CropBox, pad_value: float) -> dict:
+    """What was decided for a synapse, as one table row (morphometrics are added after)."""
+    info: dict = {
+        "pre_side": int(prepost.pre_side),
+        "pre_seg_id": int(prepost.pre_id),
+        "post_seg_id": int(prepost.post_id),
+        "side1_seg_id": int(prepost.sides.id1),
+        "side2_seg_id": int(prepost.sides.id2),
+        "overlap_side1": int(prepost.overlap1),
+        "overlap_side2": int(prepost.overlap2),
+        "ambiguous": bool(reasons),
+        "ambiguity_reason": "; ".join(reasons),
+        "crop_mode": crop_mode,
+        "cube_center_z": int(crop.center[0]),
+        "cube_center_y": int(crop.center[1]),
+        "cube_center_x": int(crop.center[2]),
+    }
+    pad_before, pad_after = crop.pad_before, crop.pad_after
+    for i, a in enumerate("zyx"):
+        info[f"pad_{a}_before"] = int(pad_before[i])
+        info[f"pad_{a}_after"] = int(pad_after[i])
+    info["pad_value"] = pad_value
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# a dataset
+# --------------------------------------------------------------------------------------
+SKIPPED_COLUMNS = (L.BBOX_COLUMN, L.NAME_COLUMN, "table_row", "reason")
+
+
+def build_cubes(
+    bboxes: Sequence[BboxData],
+    geometry: CubeGeometry = CubeGeometry(),
+    voxel_size_nm: Sequence[float] = (8.0, 8.0, 8.0),
+    progress: bool = True,
+    target_voxel_nm: float | None = None,
+) -> CubeSet:
+    """Build the cubes of every synapse of every bbox.
+
+    ``voxel_size_nm`` is the data's voxel size for bboxes that carry none of their own
+    (``BboxData.voxel_size_nm``, set by dataset descriptions). With ``target_voxel_nm`` set
+    (> 0) and a different data voxel size, every synapse's windows are resampled to that
+    isotropic grid (see :mod:`synapse_nb.data.volumes`): table points are mapped exactly onto
+    it (voxel centres coincide physically) and the cube is built there unchanged.
+
+    A synapse that raises :class:`SynapseError` (or a :class:`DataError` while reading its
+    window) is recorded in ``skipped`` with the reason and the others continue. If no synapse
+    can be built at all, :class:`DataError` lists the first reasons.
+    """
+    grids, cube_voxel = _cube_grids(bboxes, voxel_size_nm, target_voxel_nm)
+    out = _CubeBuffers.allocate(bboxes, int(geometry.size))
+    offset = 0
+    with progress_bar(total=out.total, desc="synapse cubes", unit="syn", enabled=progress) as bar:
+        for b, grid in zip(bboxes, grids):
+            _build_bbox(b, grid, geometry, out, offset, lambda: bar.update(1))
+            offset += len(b.table)
+            for vol in (b.raw, b.seg, b.mask):
+                if vol is not None:
+                    _release_reader_cache(vol)
+    return out.to_cubeset(geometry, cube_voxel)
+
+
+def _cube_grids(
+    bboxes: Sequence[BboxData], voxel_size_nm: Sequence[float], target_voxel_nm: float | None
+) -> tuple[list[CubeGrid], tuple[float, float, float]]:
+    """The grid of every bbox and the one voxel size all their cubes share."""
+    if not bboxes:
+        raise DataError("no bboxes to build cubes from: select at least one bbox")
+    voxel_size = tuple(float(v) for v in voxel_size_nm)
+    if len(voxel_size) != 3 or min(voxel_size) <= 0:
+        raise DataError(f"voxel_size_nm must be three positive numbers (z, y, x), got {voxel_size_nm!r}")
+    grids = [bbox_grid(b, voxel_size, target_voxel_nm) for b in bboxes]  # type: ignore[arg-type]
+    cube_voxels = {g.voxel_nm for g in grids}
+    if len(cube_voxels) > 1:
+        detail = ", ".join(f"{b.name}: {g.voxel_nm}" for b, g in zip(bboxes, grids))
+        raise DataError(
+            f"bboxes have different voxel sizes ({detail}); set target_voxel_nm to resample them to one isotropic grid"
+        )
+    return grids, cube_voxels.pop()
+
+
+def _build_bbox(
+    b: BboxData, grid: CubeGrid, geometry: CubeGeometry, out: _CubeBuffers, offset: int, tick: Callable[[], object]
+) -> None:
+    """Build every synapse of one bbox into ``out`` (its rows start at ``offset``).
+
+    Synapses are visited in z order, so neighbouring windows share slices and a lazy slice
+    reader opens each slice about once per bbox; results keep the table order.
+    """
+    records = b.table.to_dict("records")
+    grid_info = grid.table_info()
+    z = [_safe_float(r.get(L.CENTER_COLUMNS[2])) for r in records]
+    for j in np.argsort(np.asarray(z), kind="stable"):
+        rec = records[j]
+        i = offset + int(j)
+        try:
+            cube = _build_record(b, grid, rec, geometry)
+        except (SynapseError, DataError) as exc:
+            logger.warning("skipped synapse: %s", exc)
+            name, trow = rec.get(L.NAME_COLUMN), rec.get("table_row")
+            out.skip(i, {L.BBOX_COLUMN: b.name, L.NAME_COLUMN: name, "table_row": trow, "reason": str(exc)})
+        else:
+            out.put(i, cube, {**rec, L.BBOX_COLUMN: b.name, **cube.info, **grid_info})
+        tick()
+
+
+def _build_record(b: BboxData, grid: CubeGrid, rec: dict, geometry: CubeGeometry) -> SynapseCube:
+    """The cube of one table row of bbox ``b``, built on ``grid``."""
+    name = rec.get(L.NAME_COLUMN)
+    trow = rec.get("table_row")
+    points = [[rec[k] for k in cols] for cols in (L.CENTER_COLUMNS, L.SIDE1_COLUMNS, L.SIDE2_COLUMNS)]
+    t = grid.target_voxel_nm
+    if t is not None:
+        # check in the table's own (native) voxels, so errors quote its numbers
+        check_points(_where(b.name, name, trow), tuple(b.raw.shape), *points)  # type: ignore[attr-defined]
+        points = [grid.to_grid(p) for p in points]
+    return build_synapse(
+        grid.raw,
+        grid.seg,
+        grid.mask,
+        *points,
+        b.label_ids,
+        geometry,
+        bbox=b.name if t is None else f"{b.name} (on its {t:g} nm resampled grid)",
+        synapse=name,
+        table_row=trow,
+    )
+
+
+@dataclass
+class _CubeBuffers:
+    """Cubes and table rows of a dataset while they are built, in table order."""
+
+    raw: np.ndarray  # (total,S,S,S)
+    bits: np.ndarray
+    rows: list[dict | None]  # None: not (yet) built
+    skipped: list[tuple[int, dict]] = field(default_factory=list)
+
+    @classmethod
+    def allocate(cls, bboxes: Sequence[BboxData], size: int) -> _CubeBuffers:
+        S = int(size)
+        total = sum(len(b.table) for b in bboxes)
+        dtype = np.result_type(*(np.dtype(getattr(b.raw, "dtype", np.uint8)) for b in bboxes))
+        return cls(
+            raw=np.empty((total, S, S, S), dtype=dtype),
+            bits=np.empty((total, S, S, S), dtype=np.uint8),
+            rows=[None] * total,
+        )
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+    def put(self, i: int, cube: SynapseCube, row: dict) -> None:
+        self.raw[i] = cube.raw
+        self.bits[i] = cube.bits
+        self.rows[i] = row
+
+    def skip(self, i: int, reason: dict) -> None:
+        self.skipped.append((i, reason))
+
+    def to_cubeset(self, geometry: CubeGeometry, voxel_size_nm: tuple[float, float, float]) -> CubeSet:
+        """The cube set of the built synapses; :class:`DataError` if none could be built."""
+        ok = np.array([r is not None for r in self.rows], dtype=bool)
+        n = int(ok.sum())
+        skipped = [r for _, r in sorted(self.skipped, key=lambda item: item[0])]
+        skipped_df = pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS))
+        if n == 0:
+            detail = "; ".join(skipped_df["reason"].head(3))
+            raise DataError(f"no synapse cube could be built ({len(skipped_df)} skipped). First reasons: {detail}")
+        if skipped:
+            logger.warning("%d of %d synapses skipped; see CubeSet.skipped", len(skipped), self.total)
+        raw_all, bits_all = (self.raw, self.bits) if n == self.total else (self.raw[ok], self.bits[ok])
+        table = add_physical_units(pd.DataFrame([r for r in self.rows if r is not None]), voxel_size_nm)
+        # readable column order: identity, input columns, then what was computed
+        first = [c for c in (L.BBOX_COLUMN, L.NAME_COLUMN, "table_row") if c in table]
+        table = table[first + [c for c in table.columns if c not in first]]
+        return CubeSet(
+            raw=raw_all, bits=bits_all, table=table, skipped=skipped_df, geometry=geometry, voxel_size_nm=voxel_size_nm
+        )
+
+
+def _release_reader_cache(volume) -> None:
+    """Drop a lazy reader's cached slices once its bbox is done (keeps peak RSS to ~one bbox)."""
+    clear = getattr(volume, "clear_cache", None)
+    if callable(clear):
+        clear()
+
+
+def _safe_float(v) -> float:
+    """A z coordinate to sort by; anything not a finite number sorts last."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.inf
+    return f if math.isfinite(f) else math.inf

@@ -1,0 +1,186 @@
+"""From a stored cube to network input: masks of segmentation types and intensity rendering.
+
+Cubes are stored once as raw intensities plus structure bits, so any segmentation type and
+alpha can be rendered later without rebuilding. :func:`segmentation_mask` turns bits into the
+mask of a type, :func:`render` applies min-max, the gray blend outside the mask and the
+optional steps of :class:`RenderSettings`; :class:`RenderedView` does it batch by batch for a
+whole :class:`~.store.CubeSet`. The formulas are explained in ``docs/cubes.md``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from ..core import labels as L
+from ..core.layers import INPUT_RANGES
+
+if TYPE_CHECKING:
+    from .store import CubeSet
+
+logger = logging.getLogger(__name__)
+from .components import dilate6
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    """Min-max of one cube to [0, 1] in float32; a constant cube becomes zeros."""
+    mn = np.float32(x.min())
+    rng = np.float32(x.max()) - mn
+    if rng <= 0:
+        return np.zeros(x.shape, dtype=np.float32)
+    return (x.astype(np.float32) - mn) / rng
+
+
+# --------------------------------------------------------------------------------------
+# masks and rendering
+# --------------------------------------------------------------------------------------
+def check_segmentation_type(segmentation_type: int) -> int:
+    """The segmentation type as an int; ValueError if it is not one of the known types."""
+    t = int(segmentation_type)
+    if t not in L.SEGMENTATION_TYPES:
+        raise ValueError(
+            f"segmentation_type {segmentation_type!r} is unknown; choose one of {sorted(L.SEGMENTATION_TYPES)}"
+        )
+    return t
+
+
+def segmentation_mask(bits: np.ndarray, segmentation_type: int) -> np.ndarray:
+    """Boolean mask M of a segmentation type from structure bits; (S,S,S) or (N,S,S,S)."""
+    t = check_segmentation_type(segmentation_type)
+    bits = np.asarray(bits)
+    if bits.ndim not in (3, 4):
+        raise ValueError(f"bits must be (S,S,S) or (N,S,S,S), got shape {bits.shape}")
+    if t == 0:
+        return np.ones(bits.shape, dtype=bool)
+    m = (bits & np.uint8(L.SEGTYPE_BITS[t])) != 0
+    if t == 11:
+        mito = (bits & np.uint8(L.BIT_MITO_ANY)) != 0
+        if mito.any():
+            m &= ~dilate6(mito, L.MITO_DILATION_TYPE11)
+    return m
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How a stored cube becomes network input (or a picture): one value, checked once.
+
+    x = minmax(raw); outside the mask of ``segmentation_type``: alpha*gray + (1-alpha)*x;
+    then optional 8-bit quantisation, optional second min-max, and the value range
+    ("0_1" or "-1_1"). See docs/architecture.md for where each option comes from.
+    """
+
+    segmentation_type: int
+    alpha: float = 1.0
+    gray_value: float = 0.6
+    quantize_8bit: bool = False
+    second_minmax: bool = False
+    input_range: str = "0_1"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segmentation_type", check_segmentation_type(self.segmentation_type))
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must be within [0, 1], got {self.alpha!r}")
+        if not 0.0 <= float(self.gray_value) <= 1.0:
+            raise ValueError(f"gray_value must be within [0, 1], got {self.gray_value!r}")
+        if self.input_range not in INPUT_RANGES:
+            raise ValueError(f"input_range must be one of {INPUT_RANGES}, got {self.input_range!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "gray_value", float(self.gray_value))
+        object.__setattr__(self, "quantize_8bit", bool(self.quantize_8bit))
+        object.__setattr__(self, "second_minmax", bool(self.second_minmax))
+
+    @classmethod
+    def from_config(cls, cfg: object, segmentation_type: int | None = None) -> "RenderSettings":
+        """The settings held by a parameter set (any object with these attributes)."""
+        return cls(
+            segmentation_type=getattr(cfg, "segmentation_type") if segmentation_type is None else segmentation_type,
+            alpha=getattr(cfg, "alpha"), gray_value=getattr(cfg, "gray_value"),
+            quantize_8bit=getattr(cfg, "quantize_8bit"), second_minmax=getattr(cfg, "second_minmax"),
+        )
+
+
+def render(raw: np.ndarray, bits: np.ndarray, settings: RenderSettings) -> np.ndarray:
+    """Network input (float32) for one cube (S,S,S) or a batch (N,S,S,S), scaled per cube."""
+    raw = np.asarray(raw)
+    bits = np.asarray(bits)
+    if raw.shape != bits.shape or raw.ndim not in (3, 4):
+        raise ValueError(f"raw {raw.shape} and bits {bits.shape} must both be (S,S,S) or (N,S,S,S)")
+    if raw.ndim == 4:
+        # one cube at a time into one output: same result as broadcasting over the batch,
+        # but the temporaries stay cube-sized (much faster than batch-sized temporaries)
+        out = np.empty(raw.shape, dtype=np.float32)
+        for i in range(raw.shape[0]):
+            out[i] = _render_one(raw[i], bits[i], settings)
+        return out
+    return _render_one(raw, bits, settings)
+
+
+def _render_one(raw: np.ndarray, bits: np.ndarray, s: RenderSettings) -> np.ndarray:
+    x = _minmax(raw)
+    if s.segmentation_type != 0 and s.alpha != 0.0:
+        m = segmentation_mask(bits, s.segmentation_type)
+        a = np.float32(s.alpha)
+        background = a * np.float32(s.gray_value) + (np.float32(1) - a) * x
+        x = np.where(m, x, background)
+    if s.quantize_8bit:
+        x = np.round(x * np.float32(255)) / np.float32(255)
+    if s.second_minmax:
+        x = _minmax(x)
+    if s.input_range == "-1_1":
+        x = x * np.float32(2) - np.float32(1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# the dataset level
+# --------------------------------------------------------------------------------------
+class RenderedView:
+    """Lazy rendered network input of a :class:`CubeSet`; rendered batch by batch on indexing."""
+
+    def __init__(self, cubes: "CubeSet", indices: np.ndarray | None, settings: RenderSettings) -> None:
+        self.cubes = cubes
+        self.indices = np.arange(len(cubes)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(cubes)):
+            raise IndexError(f"indices out of range for {len(cubes)} synapses")
+        self.settings = settings
+        S = cubes.geometry.size
+        self.shape = (len(self.indices), S, S, S)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """int -> (S,S,S); slice / index array -> (b,S,S,S) float32."""
+        if isinstance(key, (int, np.integer)):
+            i = int(key)
+            if i < 0:
+                i += len(self)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} synapses")
+            return self._render(self.indices[i : i + 1])[0]
+        if isinstance(key, slice):
+            return self._render(self.indices[key])
+        return self._render(self.indices[np.asarray(key, dtype=np.int64)])
+
+    def _render(self, rows: np.ndarray) -> np.ndarray:
+        S = self.cubes.geometry.size
+        if rows.size == 0:
+            return np.zeros((0, S, S, S), dtype=np.float32)
+        # contiguous runs read as slices (cheap on memory maps)
+        if np.all(np.diff(rows) == 1):
+            raw = np.asarray(self.cubes.raw[rows[0] : rows[-1] + 1])
+            bits = np.asarray(self.cubes.bits[rows[0] : rows[-1] + 1])
+        else:
+            raw = np.asarray(self.cubes.raw[rows])
+            bits = np.asarray(self.cubes.bits[rows])
+        return render(raw, bits, self.settings)
+
+    def batches(self, batch_size: int = 16) -> Iterable[np.ndarray]:
+        for start in range(0, len(self), batch_size):
+            yield self[start : start + batch_size]
+
+    def __repr__(self) -> str:
+        return f"RenderedView(n={len(self)}, {self.settings})"

@@ -1,0 +1,123 @@
+"""Getting data in: volumes, synapse tables and the bboxes built from them.
+
+Modules, from the bottom up:
+
+- ``slices``, ``volumes``: lazy (z, y, x) readers (folders of 2-D slices; HDF5, zarr, N5,
+  TIFF) and per-window resampling to the target voxel size;
+- ``tables``: the synapse table reader;
+- ``bbox``: :class:`BboxData`, one bbox as every later stage sees it;
+- ``seed_layout``: the original tool's folder layout;
+- ``description``: dataset description YAML files and what a dataset can serve;
+- ``datasets``: :func:`open_dataset`, the one entry that opens either, and a summary table;
+- ``demo``, ``vnc``: writers of the synthetic demo dataset and of the converted real VNC stack.
+
+The public functions and classes are re-exported here and listed in ``__all__``.
+"""
+
+from __future__ import annotations
+
+from .bbox import BboxData
+from .datasets import dataset_summary, open_dataset
+from .demo import DemoSpec, bbox_names, make_demo_dataset, plan_demo_table
+from .description import (
+    BboxSpec,
+    ColumnNames,
+    DatasetDescription,
+    LabelSpec,
+    LoadedDescription,
+    VolumeSource,
+    capabilities_table,
+    dataset_name,
+    describe,
+    description_stamp,
+    is_description,
+    load_dataset_description,
+    open_bbox,
+    open_dataset_description,
+    refused_types,
+    require_crop_mode,
+    require_segmentation_type,
+    supported_types,
+)
+from .seed_layout import discover_bboxes, open_seed_bbox, open_seed_dataset
+from .slices import SliceStack, list_slices
+from .tables import has_side_points, read_synapse_table
+from .vnc import (
+    VncSettings,
+    VncStack,
+    component_centres,
+    convert_vnc,
+    dataset_description,
+    estimate_sides,
+    label_mask,
+    neurite_ids,
+    read_stack,
+    source_files,
+    synapse_components,
+    synapse_table,
+)
+from .volumes import (
+    ResampledVolume,
+    Volume,
+    detect_format,
+    native_to_target,
+    needs_resampling,
+    open_volume,
+    resampled_shape,
+    target_to_native,
+)
+
+__all__ = [
+    "BboxData",
+    "BboxSpec",
+    "ColumnNames",
+    "DatasetDescription",
+    "DemoSpec",
+    "LabelSpec",
+    "LoadedDescription",
+    "ResampledVolume",
+    "SliceStack",
+    "VncSettings",
+    "VncStack",
+    "Volume",
+    "VolumeSource",
+    "bbox_names",
+    "capabilities_table",
+    "component_centres",
+    "convert_vnc",
+    "dataset_description",
+    "dataset_name",
+    "dataset_summary",
+    "describe",
+    "description_stamp",
+    "detect_format",
+    "discover_bboxes",
+    "estimate_sides",
+    "has_side_points",
+    "is_description",
+    "label_mask",
+    "list_slices",
+    "load_dataset_description",
+    "make_demo_dataset",
+    "native_to_target",
+    "needs_resampling",
+    "neurite_ids",
+    "open_bbox",
+    "open_dataset",
+    "open_dataset_description",
+    "open_seed_bbox",
+    "open_seed_dataset",
+    "open_volume",
+    "plan_demo_table",
+    "read_stack",
+    "read_synapse_table",
+    "refused_types",
+    "require_crop_mode",
+    "require_segmentation_type",
+    "resampled_shape",
+    "source_files",
+    "supported_types",
+    "synapse_components",
+    "synapse_table",
+    "target_to_native",
+]

@@ -1,0 +1,53 @@
+"""The VGG3D network, checkpoint loading, the fast inference trunk and feature extraction."""
+
+from __future__ import annotations
+
+from .checkpoint import (
+    CheckpointError,
+    ModelInfo,
+    build_model,
+    check_state_dict,
+    load_checkpoint,
+)
+from .extract import (
+    CubeSource,
+    FeatureExtractor,
+    FeatureResult,
+    available_cores,
+    describe,
+    feature_columns,
+    feature_dim,
+    feature_name,
+    features_frame,
+    pool_features,
+    resolve_input_range,
+    seed_csv_name,
+)
+from .inference import InferenceTrunk, fold_batchnorm, reuse_large_allocations
+from .vgg3d import VGG3D, count_parameters, init_random
+
+__all__ = [
+    "CheckpointError",
+    "CubeSource",
+    "FeatureExtractor",
+    "FeatureResult",
+    "InferenceTrunk",
+    "ModelInfo",
+    "VGG3D",
+    "available_cores",
+    "build_model",
+    "check_state_dict",
+    "count_parameters",
+    "describe",
+    "feature_columns",
+    "feature_dim",
+    "feature_name",
+    "features_frame",
+    "fold_batchnorm",
+    "init_random",
+    "load_checkpoint",
+    "pool_features",
+    "resolve_input_range",
+    "reuse_large_allocations",
+    "seed_csv_name",
+]

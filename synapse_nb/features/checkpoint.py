@@ -1,0 +1,217 @@
+"""Loading VGG3D weights: the HemiBrain checkpoint checked key by key, or seeded random weights.
+
+The layout (module indices, channel counts, key names) must match the HemiBrain checkpoint
+exactly, because users load that file by path and refer to layers by index ("layer 20").
+Every number describing the architecture is defined once here and derived elsewhere.
+
+Two design rules come from the seed's failures:
+
+* The classifier head holds ~115 M of the ~117 M parameters but is never needed for
+  features, so it is only built when a checkpoint that contains it is loaded, or when a caller
+  asks for it with ``num_classes=``.
+* A checkpoint that does not fit is an error (:class:`CheckpointError`), never a silent
+  fallback to random weights. Random weights are seeded and labelled as such in
+  :class:`ModelInfo`, so reports can say so.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+from ..core.layers import HEAD_LINEAR_INDICES
+from .vgg3d import VGG3D, init_random
+
+
+# --------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A weights file that cannot be used as it is (wrong keys, shapes or content)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the weights came from; every report that shows features should quote it."""
+
+    source: str
+    seed: int | None
+    has_head: bool
+    num_classes: int | None
+    pretrained: bool
+    default_input_range: str
+
+    def description(self) -> str:
+        """One sentence for reports, e.g. 'RANDOM weights (seed 42) — features are not ...'."""
+        if not self.pretrained:
+            return f"RANDOM weights (seed {self.seed}) — features are not from a trained network"
+        head = f"with a {self.num_classes}-class head" if self.has_head else "trunk only, no head"
+        rng = "[-1, 1]" if self.default_input_range == "-1_1" else "[0, 1]"
+        return f"pretrained weights from {self.source} ({head}); default input range {rng}"
+
+
+_WRAPPER_KEYS = ("model_state_dict", "state_dict")
+_DP_PREFIX = "module."
+
+
+def _missing_file_message(path: Path) -> str:
+    return (
+        f"checkpoint not found: {path}. Give the path to the HemiBrain checkpoint "
+        "(hemibrain_production.checkpoint; it cannot be downloaded automatically), "
+        "or pass weights_path=None to use seeded random weights (reports will say so)."
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (``weights_only=True``) and normalise its layout.
+
+    * A training checkpoint keeps the weights under ``model_state_dict`` (or ``state_dict``)
+      next to optimizer state and epoch counters: the weights are unwrapped.
+    * A model saved from ``nn.DataParallel`` prefixes every key with ``module.``: the prefix
+      is stripped so the keys read ``features.N.*`` / ``classifier.N.*``.
+
+    ``weights_only=True`` refuses pickled code, so an untrusted file cannot run anything.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(_missing_file_message(path))
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} could not be loaded with weights_only=True (safe mode): {exc}. The file must "
+            "be a plain state dict (or a dict holding one under 'model_state_dict'); whole "
+            "pickled models or custom objects are refused on purpose."
+        ) from exc
+    except Exception as exc:  # corrupt / not a torch file
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} does not contain a state dict (found {type(obj).__name__})")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a state "
+                f"dict (optionally under {' or '.join(repr(k) for k in _WRAPPER_KEYS)})"
+            )
+        if key.startswith(_DP_PREFIX):
+            key = key[len(_DP_PREFIX):]
+        state[key] = value
+    return state
+
+
+def _num_classes_from_state(state: Mapping[str, torch.Tensor]) -> int | None:
+    """Class count read from the last Linear of the head, or None if there is no head."""
+    last = f"classifier.{HEAD_LINEAR_INDICES[-1]}.weight"
+    if last in state:
+        return int(state[last].shape[0])
+    if any(k.startswith("classifier.") for k in state):
+        # a head with a different layout: the strict key check will list what is wrong
+        weights = sorted(
+            (k for k in state if k.startswith("classifier.") and k.endswith(".weight") and state[k].ndim == 2),
+            key=lambda k: int(k.split(".")[1]) if k.split(".")[1].isdigit() else -1,
+        )
+        return int(state[weights[-1]].shape[0]) if weights else None
+    return None
+
+
+def _short_list(items: list[str], limit: int = 12) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... ({len(items) - limit} more, {len(items)} in total)"
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless ``state`` fits ``model`` key for key and shape for shape.
+
+    BatchNorm ``num_batches_tracked`` counters are the one exception: they do not influence
+    inference and older checkpoints lack them, so their absence is tolerated.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the VGG3D layout of the HemiBrain checkpoint: "
+            f"{len(missing)} missing key(s): {_short_list(missing)}; "
+            f"{len(unexpected)} unexpected key(s): {_short_list(unexpected)}; "
+            f"{len(mismatched)} shape mismatch(es): {_short_list(mismatched, 6)}. "
+            "Refusing to fall back to random weights."
+        )
+
+
+def build_model(
+    weights_path: str | Path | None = None,
+    seed: int = 42,
+    num_classes: int | None = None,
+) -> tuple[VGG3D, ModelInfo]:
+    """Build VGG3D in eval mode, from a checkpoint or from seeded random weights.
+
+    * ``weights_path`` given: strict load; the head is built iff the file contains one, and
+      its class count is read from the file (``num_classes``, if given, must agree).
+    * ``weights_path=None``: random weights from ``seed``; no head unless ``num_classes``.
+    """
+    if weights_path is None:
+        # allocated uninitialised, then filled from a local generator only: deterministic
+        # for a seed and the global torch RNG is not advanced
+        with torch.device("meta"):
+            model = VGG3D(num_classes=num_classes)
+        model.to_empty(device="cpu")
+        init_random(model, seed)
+        info = ModelInfo(
+            source="random",
+            seed=int(seed),
+            has_head=model.has_head,
+            num_classes=model.num_classes,
+            pretrained=False,
+            default_input_range="0_1",
+        )
+        logger.warning("VGG3D uses %s", info.description())
+    else:
+        path = Path(weights_path).expanduser()
+        state = load_checkpoint(path)
+        file_classes = _num_classes_from_state(state)
+        if num_classes is not None and file_classes != num_classes:
+            raise CheckpointError(
+                f"num_classes={num_classes} was asked for but {path} has "
+                + (f"a {file_classes}-class head" if file_classes else "no classifier head")
+            )
+        # Built on the meta device and then given the file's tensors (assign=True): the 100M
+        # head parameters are neither initialised nor allocated twice.
+        with torch.device("meta"):
+            model = VGG3D(num_classes=file_classes)
+        check_state_dict(model, state, str(path))
+        full: dict[str, torch.Tensor] = {}
+        for key, ref in model.state_dict().items():
+            value = state.get(key)
+            if value is None:  # a tolerated missing num_batches_tracked counter
+                value = torch.zeros((), dtype=ref.dtype)
+            full[key] = value.to(ref.dtype).contiguous()
+        model.load_state_dict(full, strict=True, assign=True)
+        info = ModelInfo(
+            source=str(path),
+            seed=None,
+            has_head=model.has_head,
+            num_classes=model.num_classes,
+            pretrained=True,
+            default_input_range="-1_1",
+        )
+        logger.info("VGG3D loaded: %s", info.description())
+    model.eval()
+    model.info = info
+    return model, info

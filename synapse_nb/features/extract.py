@@ -1,0 +1,334 @@
+"""Feature extraction from synapse cubes with VGG3D (see :mod:`.vgg3d`), and the feature tables.
+
+Cubes are read batch by batch from any object with ``len()`` and slice indexing (a numpy
+array, or the lazy view of the cube store), so memory stays at one batch whatever N is.
+The forward pass uses :class:`synapse_nb.features.inference.InferenceTrunk` (BatchNorm folded, ReLU fused,
+channels-last) and stops at the requested module for ``stage_specific`` extraction.
+See ``benchmarks/bench_network.py`` for the measurements behind the defaults.
+
+Speed notes (2 Zen 4 cores, 80^3 cubes, synapses/s): the seed's setting (float32, NCDHW,
+eager BatchNorm/ReLU, batch 2) ~1.1; our float32 default ~2.5; bfloat16 ~4.7-5.0. What made the
+difference: channels-last activations (also for the 1-channel input), BatchNorm folded and
+ReLU fused into the convolutions, and no page faults on the 49 MB activation buffers
+(:func:`synapse_nb.features.inference.reuse_large_allocations`). On AMD Zen 4 float32 reaches ~3.1 if the
+process starts with ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's AVX-512 kernels pad the 24
+channels of block 1 to 32, its AVX2 kernels do not). That variable is process-wide, must be
+set before torch's first convolution and hides the native bf16 kernels (bf16 then becomes
+very slow), so this module does not set it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..core.layers import (
+    INPUT_RANGES,
+    N_FEATURE_MODULES,
+    TRUNK_CHANNELS,
+    layer_channels,
+    layer_description,
+    layer_downscale,
+    validate_layer,
+)
+from .checkpoint import ModelInfo
+from .inference import InferenceTrunk, reuse_large_allocations
+from .vgg3d import VGG3D
+
+if TYPE_CHECKING:
+    from ..core.config import Config
+
+logger = logging.getLogger(__name__)
+
+POOLINGS: tuple[str, ...] = ("avg", "max", "concat_avg_max", "spp")
+EXTRACTION_METHODS: tuple[str, ...] = ("standard", "stage_specific")
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+SPP_LEVELS: tuple[int, ...] = (1, 2, 4)
+"""Output sizes of the adaptive average pools concatenated by ``spp`` (1 + 8 + 64 = 73 cells)."""
+FEATURE_PREFIX = "feat_"
+
+DEFAULT_BATCH_SIZE = 1
+"""Measured on the 2-core reference machine (bench_network.py --sweep): batch 1, 2 and 4 are
+within noise of each other for both precisions (float32 2.46/2.43/2.28, bfloat16
+4.69/4.82/4.55 synapses/s), so the smallest is used: least memory, finest progress."""
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class CubeSource(Protocol):
+    """What the extractor reads: ``len()`` and ``[a:b] -> (b - a, Z, Y, X)`` float array."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, item: slice) -> np.ndarray: ...
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def feature_dim(pooling: str, channels: int) -> int:
+    """Length of the feature vector that ``pooling`` makes from ``channels`` channels."""
+    _check_choice("pooling", pooling, POOLINGS)
+    factor = {"avg": 1, "max": 1, "concat_avg_max": 2, "spp": sum(s**3 for s in SPP_LEVELS)}[pooling]
+    return factor * int(channels)
+
+
+def pool_features(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Reduce activations (B, C, z, y, x) to (B, D) over space; float32 in, float32 out."""
+    _check_choice("pooling", pooling, POOLINGS)
+    if pooling == "avg":
+        return x.mean(dim=(2, 3, 4))
+    if pooling == "max":
+        return x.amax(dim=(2, 3, 4))
+    if pooling == "concat_avg_max":
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1)
+    return torch.cat([F.adaptive_avg_pool3d(x, s).flatten(1) for s in SPP_LEVELS], dim=1)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset / container CPU sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _bf16_is_native() -> bool:
+    """True if the CPU has bf16 dot-product instructions (otherwise oneDNN emulates bf16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:  # not Linux: trust oneDNN's own (looser) check
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover
+        return False
+
+
+class FeatureExtractor:
+    """Turn cubes into one pooled feature vector per synapse.
+
+    ``method="standard"`` uses the whole trunk (192 channels at 5^3); ``"stage_specific"``
+    stops after ``features[layer_num]`` (default 20: the first conv of block 3, before its
+    BatchNorm, 96 channels at 20^3) and computes nothing after it.
+
+    ``precision="bfloat16"`` is opt-in: about twice as fast on CPUs with native bf16, features
+    within cosine 0.999 of float32 (tested), but not bit-identical.
+
+    Cubes are expected in [0, 1] (what the cube builder writes). ``input_range`` decides what
+    the network sees: ``"0_1"`` as is, ``"-1_1"`` as ``2 x - 1`` (how HemiBrain was trained);
+    ``None`` follows the weights (``model.info.default_input_range``, "0_1" if unknown).
+    """
+
+    def __init__(
+        self,
+        model: VGG3D,
+        method: str = "standard",
+        layer_num: int = 20,
+        pooling: str = "avg",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        precision: str = "float32",
+        channels_last: bool = True,
+        input_range: str | None = None,
+        num_threads: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.method = _check_choice("method", method, EXTRACTION_METHODS)
+        self.pooling = _check_choice("pooling", pooling, POOLINGS)
+        self.precision = _check_choice("precision", precision, PRECISIONS)
+        self.layer_num = validate_layer(layer_num)
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        info = getattr(model, "info", None)
+        if input_range is None:
+            input_range = info.default_input_range if info is not None else "0_1"
+        self.input_range = _check_choice("input_range", input_range, INPUT_RANGES)
+        self.num_threads = int(num_threads) if num_threads else available_cores()
+        self.progress = progress
+        self.channels_last = bool(channels_last)
+        self.upto = self.layer_num if method == "stage_specific" else N_FEATURE_MODULES - 1
+        self.channels = layer_channels(self.upto) if method == "stage_specific" else TRUNK_CHANNELS
+        self.dim = feature_dim(pooling, self.channels)
+        self.model_info = info
+        if self.precision == "bfloat16":
+            isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+            if not _bf16_is_native():
+                logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
+            elif isa and "BF16" not in isa and "AMX" not in isa and isa not in ("ALL", "DEFAULT", "AVX10_1_512"):
+                logger.warning("bfloat16 requested but ONEDNN_MAX_CPU_ISA=%s hides the bf16 kernels: expect it to be slow", isa)
+        self.trunk = InferenceTrunk(model, self.upto, _DTYPES[self.precision], channels_last=self.channels_last)
+        self.last_seconds: float | None = None
+
+    def describe(self) -> str:
+        """Settings in one line, for reports."""
+        where = "whole trunk (features.33)" if self.method == "standard" else layer_description(self.upto)
+        rng = "[0, 1]" if self.input_range == "0_1" else "[-1, 1]"
+        return (
+            f"{self.method} extraction, {where}, {self.pooling} pooling -> {self.dim} features, "
+            f"{self.precision}, input range {rng}"
+        )
+
+    def _batch(self, cubes: CubeSource, start: int, stop: int, spatial: list[tuple[int, ...]]) -> torch.Tensor:
+        """Read and validate cubes[start:stop] into a (b, 1, Z, Y, X) float32 tensor."""
+        where = f"cubes[{start}:{stop}]"
+        arr = np.asarray(cubes[start:stop])
+        if arr.ndim != 4 or arr.shape[0] != stop - start:
+            raise ValueError(
+                f"{where} has shape {arr.shape}; expected ({stop - start}, Z, Y, X) — one 3-D cube per synapse"
+            )
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ValueError(f"{where} has dtype {arr.dtype}; expected real numbers (float32)")
+        shape = tuple(int(s) for s in arr.shape[1:])
+        if spatial and shape != spatial[0]:
+            raise ValueError(f"{where} has cube shape {shape}, earlier cubes had {spatial[0]}")
+        need = layer_downscale(self.upto)
+        if min(shape) < need:
+            raise ValueError(f"{where} cubes of shape {shape} are too small: layer {self.upto} needs >= {need} voxels per axis")
+        spatial[:1] = [shape]
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+        if not finite.all():
+            bad = [start + int(i) for i in np.flatnonzero(~finite)]
+            raise ValueError(f"{where} contains NaN or infinite values (cube indices {bad[:10]})")
+        x = torch.from_numpy(arr).unsqueeze(1)
+        if self.input_range == "-1_1":
+            x = x * 2.0 - 1.0
+        return x
+
+    def __call__(self, cubes: CubeSource) -> np.ndarray:
+        """Features (N, D) float32, in the order of ``cubes``."""
+        n = len(cubes)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        spatial: list[tuple[int, ...]] = []
+        starts = list(range(0, n, self.batch_size))
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        t0 = time.perf_counter()
+        try:
+            # read the next batch in a thread while the current one is computed (I/O overlap)
+            bar = tqdm(total=n, unit="syn", desc="features", disable=not self.progress)
+            with reuse_large_allocations(), ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), bar:
+                def read(s: int) -> Any:
+                    return pool.submit(self._batch, cubes, s, min(s + self.batch_size, n), spatial)
+
+                pending = read(starts[0])
+                for k, start in enumerate(starts):
+                    x = pending.result()
+                    if k + 1 < len(starts):
+                        pending = read(starts[k + 1])
+                    act = self.trunk(x)
+                    out[start : start + len(x)] = pool_features(act, self.pooling).numpy()
+                    bar.update(len(x))
+        finally:
+            torch.set_num_threads(prev_threads)
+        self.last_seconds = time.perf_counter() - t0
+        logger.info(
+            "extracted %d x %d features in %.1f s (%.2f synapses/s): %s",
+            n, self.dim, self.last_seconds, n / max(self.last_seconds, 1e-9), self.describe(),
+        )
+        return out
+
+
+# --------------------------------------------------------------------------- tables / files
+def feature_name(i: int) -> str:
+    """Column name of feature ``i``: ``feat_0000`` ... (at least four digits)."""
+    return f"{FEATURE_PREFIX}{i:04d}"
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """The feature columns of a features table, in order."""
+    return [c for c in df.columns if isinstance(c, str) and c.startswith(FEATURE_PREFIX)]
+
+
+def features_frame(features: np.ndarray, metadata: pd.DataFrame) -> pd.DataFrame:
+    """Metadata columns first, then ``feat_0000``...; rows aligned by position.
+
+    A named index of ``metadata`` (e.g. ``synapse_id``) becomes a column so that it survives
+    CSV/parquet round trips; an unnamed index is positional and dropped.
+    """
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be 2-D (N, D), got shape {features.shape}")
+    if len(metadata) != len(features):
+        raise ValueError(f"{len(features)} feature rows but {len(metadata)} metadata rows")
+    # keep a named index (e.g. synapse_id) as a column; drop an anonymous positional one
+    meta = metadata.reset_index(drop=all(name is None for name in metadata.index.names))
+    clash = feature_columns(meta)
+    if clash:
+        raise ValueError(f"metadata already has feature-like columns {clash[:5]} (prefix {FEATURE_PREFIX!r})")
+    feats = pd.DataFrame(features.astype(np.float32, copy=False), columns=[feature_name(i) for i in range(features.shape[1])])
+    return pd.concat([meta, feats], axis=1)
+
+
+def _alpha_text(alpha: float) -> str:
+    return str(float(alpha)).replace(".", "_")
+
+
+def seed_csv_name(method: str, layer_num: int | None, pooling: str, segmentation_type: int, alpha: float) -> str:
+    """The seed's CSV name ``features[_layer{N}]_{pool}_seg{S}_alpha{A}.csv`` (A with '.' -> '_').
+
+    ``_layer{N}`` appears only for ``stage_specific``. Example: ``features_avg_seg10_alpha1_0.csv``.
+    """
+    _check_choice("method", method, EXTRACTION_METHODS)
+    _check_choice("pooling", pooling, POOLINGS)
+    layer = f"_layer{validate_layer(layer_num)}" if method == "stage_specific" else ""
+    return f"features{layer}_{pooling}_seg{int(segmentation_type)}_alpha{_alpha_text(alpha)}.csv"
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class FeatureResult:
+    """What notebook 02 produces: features with metadata, and who was left out and why."""
+
+    features: pd.DataFrame  # synapse metadata + feat_* columns
+    skipped: pd.DataFrame  # bbox, Var1, table_row, reason (empty masks for this type)
+    seed_name: str  # the seed's CSV file name for these settings
+    description: str  # weights, input range and extraction settings in words
+    seconds: float
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.features[feature_columns(self.features)].to_numpy(np.float32)
+
+    def meta(self) -> dict[str, object]:
+        """What is recorded beside the table: seed file name, description, seconds."""
+        return {"seed_name": self.seed_name, "description": self.description, "seconds": self.seconds}
+
+    def preview(self, n_rows: int = 5, n_features: int = 8) -> pd.DataFrame:
+        """Synapse names with their first features: what the feature table looks like."""
+        ident = [c for c in ("bbox", "Var1") if c in self.features.columns]
+        return self.features[ident + feature_columns(self.features)[:n_features]].head(n_rows)
+
+
+def resolve_input_range(cfg: "Config", info: ModelInfo) -> str:
+    """``auto`` follows the weights: [-1, 1] for a HemiBrain checkpoint, [0, 1] otherwise."""
+    return info.default_input_range if cfg.input_range == "auto" else cfg.input_range
+
+
+def describe(info: ModelInfo, cfg: "Config") -> str:
+    """The sentence every report shows about the network (random weights are said loudly)."""
+    rng = "[0, 1]" if resolve_input_range(cfg, info) == "0_1" else "[-1, 1]"
+    how = "whole trunk" if cfg.extraction_method == "standard" else layer_description(cfg.layer_num)
+    return (
+        f"{info.description()}. Input range {rng} ({'chosen' if cfg.input_range != 'auto' else 'following the weights'}); "
+        f"{cfg.extraction_method} extraction ({how}), {cfg.pooling_method} pooling, {cfg.precision}."
+    )

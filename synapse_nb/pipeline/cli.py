@@ -1,0 +1,103 @@
+"""Command line: ``python -m synapse_nb demo-data | convert-vnc | run <yaml> | sweep <yaml>``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from ..core.config import ConfigError
+from ..core.errors import DataError
+from ..data.demo import DemoSpec, make_demo_dataset
+from ..data.vnc import VncSettings, convert_vnc
+from .runner import RunnerError, RunStopped, run_pipeline
+from .sweep import run_sweep
+
+logger = logging.getLogger("synapse_nb")
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    spec = DemoSpec(n_bboxes=args.n_bboxes, synapses_per_bbox=args.synapses_per_bbox, seed=args.seed)
+    if args.shape:
+        spec.shape = tuple(args.shape)
+    table = make_demo_dataset(args.out, spec)
+    logger.info("demo dataset with %d synapses in %d bboxes written to %s", len(table), spec.n_bboxes, args.out)
+    return 0
+
+
+def _convert_vnc(args: argparse.Namespace) -> int:
+    try:
+        settings = VncSettings(link_min_iou=None if args.no_link else args.link_min_iou)
+    except ValueError as exc:
+        from ..core.errors import DataError
+
+        raise DataError(f"convert-vnc: {exc}") from None
+    path = convert_vnc(args.src, args.out, settings=settings)
+    logger.info("dataset description written to %s (set dataset: %s in a parameter file)", path, path)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = run_pipeline(args.params, run_dir=args.run_dir, reports_root=args.reports_dir, only=args.only, start=args.start)
+    for step in result.steps:
+        logger.info("%-12s %-6s %6.1f s  %s", step.notebook, step.status, step.seconds, step.html or "")
+    logger.info("run directory: %s", result.run.path)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    summary = run_sweep(args.spec, sweep_dir=args.sweep_dir, reports_root=args.reports_dir, only=args.only, start=args.start)
+    cols = [c for c in ("combination", "status", "seconds", "k", "silhouette", "ari", "error") if c in summary.columns]
+    logger.info("sweep summary:\n%s", summary[cols].to_string(index=False))
+    failed = int((summary["status"] != "ok").sum())
+    if failed:
+        logger.error("%d of %d combinations failed", failed, len(summary))
+    return 1 if failed else 0
+
+
+def _step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``sweep`` share: which steps, and where reports go."""
+    parser.add_argument("--only", nargs="+", default=None, help="run only these steps (e.g. 01_load)")
+    parser.add_argument("--from", dest="start", default=None, help="run from this step on")
+    parser.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synapse_nb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo-data", help="write the synthetic demo dataset in the seed layout")
+    demo.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
+    demo.add_argument("--n-bboxes", type=int, default=4)
+    demo.add_argument("--synapses-per-bbox", type=int, default=16)
+    demo.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="bbox shape in voxels")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo_data)
+    vnc = sub.add_parser("convert-vnc", help="convert the real Drosophila VNC ssTEM stack (CC BY-NC-SA 3.0) into a dataset")
+    vnc.add_argument("--src", default="../shared/realdata/drosophila_vnc_sstem", help="source folder holding stack1/")
+    vnc.add_argument("--out", default="data/vnc", help="output folder, replaced whole (default data/vnc; never commit it)")
+    vnc.add_argument("--link-min-iou", type=float, default=0.5, help="link neurite profiles of neighbouring sections at this IoU")
+    vnc.add_argument("--no-link", action="store_true", help="keep neurite ids per section (no linking across sections)")
+    vnc.set_defaults(func=_convert_vnc)
+    run = sub.add_parser("run", help="run the notebooks on a parameter file")
+    run.add_argument("params", help="YAML parameter file, e.g. parameters/demo.yaml")
+    run.add_argument("--run-dir", default=None, help="reuse this run directory instead of a new one")
+    _step_arguments(run)
+    run.set_defaults(func=_run)
+    sweep = sub.add_parser("sweep", help="run every combination of a sweep file (base + grid)")
+    sweep.add_argument("spec", help="sweep YAML, e.g. parameters/sweep_segtypes.yaml")
+    sweep.add_argument("--sweep-dir", default=None, help="resume this sweep directory (finished combinations are kept)")
+    _step_arguments(sweep)
+    sweep.set_defaults(func=_sweep)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except RunStopped:  # the runner has logged what was kept
+        return 3
+    except (ConfigError, DataError, RunnerError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Export executed notebooks to self-contained HTML reports, a sweep's index page and the run summary of 07_report."""
+from __future__ import annotations
+
+import html
+import logging
+import posixpath
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nbformat
+
+from ..core import atomic
+from ..figures import maps
+from . import artifacts as A
+from .runs import Run
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+TEMPLATE_NAME = "synapse_offline"
+DROPPED_OUTPUT_WARNING = "not able to be represented"
+INDEX_NAME = "index.html"
+"""The sweep's own index page, in the sweep folder (not a file of any run)."""
+
+
+class ReportError(RuntimeError):
+    """An export would lose content (an output nbconvert cannot show)."""
+
+
+def export_html(notebook: str | Path, html_path: str | Path, strict: bool = True) -> Path:
+    """Write ``notebook`` as HTML without code cells that opens offline.
+
+    With ``strict`` an output that nbconvert would silently drop (e.g. a plotly figure with
+    only its mime bundle) is an error instead of a report with a hole in it.
+    """
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    exporter = HTMLExporter(
+        template_name=TEMPLATE_NAME,
+        extra_template_basedirs=[str(TEMPLATES_DIR)],
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        body, _ = exporter.from_notebook_node(nb)
+    dropped = [str(w.message) for w in caught if DROPPED_OUTPUT_WARNING in str(w.message)]
+    if dropped:
+        message = f"{notebook}: {len(dropped)} output(s) cannot be shown in HTML: {dropped[0]}"
+        if strict:
+            raise ReportError(message)
+        logger.warning(message)
+    path = atomic.write_text(html_path, body)
+    logger.info("exported %s -> %s", notebook, path)
+    return path
+
+
+def html_pages(run: Run) -> list[tuple[str, str]]:
+    """The exported pages a run has, as (label, path relative to the run directory): each
+    step's notebook in step order, then the presynapse summary page."""
+    pages = [(step, A.HTML.at(step=step)) for step in A.STEPS if run.has(A.HTML, step=step)]
+    if run.has(A.PRESYNAPSE_SUMMARY):
+        pages.append(("presynapse summary", A.PRESYNAPSE_SUMMARY.at()))
+    return pages
+
+
+# --------------------------------------------------------------------------------------
+# sweep index page
+# --------------------------------------------------------------------------------------
+_INDEX_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}.failed{background:#fde2e2}.ok{background:#e6f4e6}section{margin:1.5em 0}
+h2{border-bottom:1px solid #ddd}code{background:#f5f5f5;padding:0 3px}
+"""
+SECTION_KEYS = ("segmentation_type", "alpha")
+
+
+def _cell(value) -> str:
+    return html.escape("" if value is None or (isinstance(value, float) and value != value) else str(value))
+
+
+def sweep_index(sweep_dir: Path, summary, spec: dict) -> Path:
+    """Write ``index.html`` for a sweep: a comparison table and a section per
+    (segmentation type, alpha) linking every exported notebook of that combination.
+    Plain HTML without scripts, so it opens anywhere, offline."""
+    sweep_dir = Path(sweep_dir)
+    cols = [c for c in summary.columns if c not in ("error", "reused_run")]
+    head = "".join(f"<th>{_cell(c)}</th>" for c in cols)
+    body = []
+    for _, row in summary.iterrows():
+        cells = "".join(f"<td>{_cell(row[c])}</td>" for c in cols)
+        body.append(f'<tr class="{_cell(row["status"])}">{cells}</tr>')
+    sections = []
+    keys = [k for k in SECTION_KEYS if k in summary.columns]
+    groups = summary.groupby(keys, sort=False, dropna=False) if keys else [((), summary)]
+    for key, rows in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        title = ", ".join(f"{k} {_cell(v)}" for k, v in zip(keys, key)) or "all combinations"
+        items = []
+        for _, row in rows.iterrows():
+            name = str(row["combination"])
+            pages = html_pages(Run(sweep_dir / name))
+            links = " · ".join(f'<a href="{html.escape(name)}/{html.escape(rel)}">{html.escape(label)}</a>' for label, rel in pages)
+            error = f'<br/><span class="failed">{_cell(row.get("error"))}</span>' if row["status"] != "ok" else ""
+            items.append(f"<li><code>{html.escape(name)}</code> ({_cell(row['status'])}): {links or 'no report'}{error}</li>")
+        sections.append(f"<section><h2>{title}</h2><ul>{''.join(items)}</ul></section>")
+    n_failed = int((summary["status"] != "ok").sum())
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/>
+<title>Sweep {html.escape(sweep_dir.name)}</title><style>{_INDEX_STYLE}</style></head><body>
+<h1>Sweep {html.escape(sweep_dir.name)}</h1>
+<p>{len(summary)} combinations, {len(summary) - n_failed} finished, {n_failed} failed.
+Grid: {_cell(spec.get('grid'))}</p>
+<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+{''.join(sections)}
+</body></html>"""
+    return atomic.write_text(sweep_dir / INDEX_NAME, page)
+
+
+# --------------------------------------------------------------------------------------
+# run summary (notebook 07)
+# --------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    """Everything 07_report shows about one run, read back from the run directory."""
+
+    run_path: Path
+    parameters: "pd.DataFrame"
+    data: "pd.DataFrame"
+    clusters: "pd.DataFrame"
+    skipped: "pd.DataFrame"
+    frame: "pd.DataFrame"
+    quality: dict
+    agreement: dict
+    extraction: str
+    warnings: list[str]
+    presynapse: dict = field(default_factory=dict)
+    attention: "pd.DataFrame | None" = None
+    attention_meta: dict = field(default_factory=dict)
+
+    def headline(self) -> str:
+        n = len(self.frame)
+        text = f"**{n} synapses** from {self.data['bbox'].nunique() if len(self.data) else 0} bboxes"
+        if self.quality:
+            text += f"; **{self.quality.get('k')} clusters** by {self.quality.get('method')} (silhouette {self.quality.get('silhouette')})"
+        if self.agreement:
+            text += f"; against `{self.agreement.get('truth')}`: ARI {self.agreement['ari']:.3f}, NMI {self.agreement['nmi']:.3f}"
+        return text + "."
+
+    def warnings_markdown(self) -> str:
+        return "\n".join(f"- ⚠ {w}" for w in self.warnings) if self.warnings else "No warnings."
+
+    def presynapse_markdown(self) -> str:
+        """One sentence on the same-axon permutation test of 06_presynapse (if it ran)."""
+        t = self.presynapse
+        if not t:
+            return "06_presynapse did not run in this run."
+        if not t.get("n_groups"):
+            return f"No presynaptic neurite makes two or more analysed synapses ({t.get('n_excluded', 0)} excluded)."
+        # the verdict of 06_presynapse (PresynapseAnalysis.test_sentence): p and observed/null effect;
+        # p, effect and ratio are None in the JSON when undefined (e.g. no other neurite to compare with)
+        p, effect, ratio = t.get("p_value"), t.get("effect"), t.get("ratio")
+        alike = p is not None and p <= 0.05 and effect is not None and effect < 1
+        verdict = "more alike than" if alike else "not detectably more alike than"
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a (no synapse of another neurite to compare with)"
+        p_text = f"{p:.2g}" if p is not None else "n/a"
+        return (f"**{t['n_groups']} presynaptic neurites** make more than one synapse ({t['n_grouped']} synapses). "
+                f"Synapses of the same neurite are **{verdict}** others: intra/inter distance ratio "
+                f"{ratio_text}, permutation p = {p_text} ({t['n_permutations']} shuffles).")
+
+    def attention_markdown(self) -> str:
+        """What 05_attention explained and which structure each layer attends to most."""
+        m = self.attention_meta
+        if not m or self.attention is None or not len(self.attention):
+            return "05_attention did not run in this run."
+        best = (self.attention.dropna(subset=["inside_outside_ratio"])
+                .sort_values("inside_outside_ratio", ascending=False).groupby("layer").head(1).sort_values("layer"))
+        parts = [f"features.{int(r.layer)}: {r.structure} ({r.inside_outside_ratio:.2f}x inside vs outside)" for r in best.itertuples()]
+        skipped = ", ".join(f"features.{k}" for k in m.get("skipped_layers", {}))
+        text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + ("; ".join(parts) or "none") + "."
+        return text + (f" Skipped (after the feature layer, no gradient): {skipped}." if skipped else "")
+
+    def links_markdown(self) -> str:
+        """Links to the run's other pages, relative to where 07_report's own page is written."""
+        here = posixpath.dirname(A.HTML.at(step="07_report"))
+        pages = [(label, posixpath.relpath(rel, here)) for label, rel in html_pages(Run(self.run_path)) if label != "07_report"]
+        return " · ".join(f"[{label}]({rel})" for label, rel in pages) or "No other report exported yet."
+
+
+def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> RunSummary:
+    """Collect a run's parameters, data counts, clusters, skipped synapses and warnings."""
+    import pandas as pd
+
+    run_path = Path(run_path)
+    run = Run(run_path)
+
+    def table(artifact: A.Artifact) -> pd.DataFrame:
+        return run.read(artifact) if run.has(artifact) else pd.DataFrame()
+
+    def record(artifact: A.Artifact) -> dict:
+        return run.read(artifact) if run.has(artifact) else {}
+
+    params = record(A.PARAMS)
+    features, emb, clusters = table(A.FEATURES), table(A.EMBEDDINGS), table(A.CLUSTERS)
+    skipped = pd.concat([table(A.SKIPPED).assign(step=A.SKIPPED.step),
+                         table(A.SKIPPED_FEATURES).assign(step=A.SKIPPED_FEATURES.step)], ignore_index=True)
+    extraction = record(A.EXTRACTION).get("description", "")
+    quality = record(A.CLUSTER_QUALITY)
+    agreement_df = table(A.AGREEMENT)
+    agreement = agreement_df.iloc[0].to_dict() if len(agreement_df) else {}
+    labels = clusters["cluster_label"].to_numpy() if len(clusters) == len(features) and len(features) else None
+    frame = maps.analysis_frame(features, emb if len(emb) == len(features) else None, labels) if len(features) else pd.DataFrame()
+    data = pd.DataFrame(columns=["bbox", "synapses", "skipped"])
+    if len(features):
+        built = features.groupby("bbox").size().rename("synapses")
+        lost = skipped.groupby("bbox").size().rename("skipped") if len(skipped) else pd.Series(dtype=int, name="skipped")
+        data = pd.concat([built, lost], axis=1).fillna(0).astype(int).rename_axis("bbox").reset_index()
+    cluster_table = pd.DataFrame()
+    if "cluster" in frame.columns:
+        size_cols = [c for c in ("vesicle_volume_nm3", "cleft_volume_nm3", "cleft_area_nm2") if c in frame.columns]
+        cluster_table = frame.groupby("cluster", observed=True).agg(synapses=("Var1", "size"), **{f"median {c}": (c, "median") for c in size_cols}).reset_index()
+    warnings_list = []
+    if "RANDOM weights" in extraction:
+        warnings_list.append("The network used RANDOM weights (no checkpoint): features describe texture, not a trained representation.")
+    if len(skipped):
+        warnings_list.append(f"{len(skipped)} synapses were skipped (listed below with their reasons).")
+    if "ambiguous" in features.columns and features["ambiguous"].any():
+        warnings_list.append(f"{int(features['ambiguous'].sum())} synapses have an ambiguous pre/post decision.")
+    param_table = pd.DataFrame({"parameter": list(params), "value": [str(v) for v in params.values()]})
+    presynapse = record(A.PRESYNAPSE_TEST)
+    attention_meta = record(A.ATTENTION_META)
+    attention = table(A.ATTENTION_OVERLAP_SUMMARY)
+    return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction,
+                      warnings_list, presynapse, attention, attention_meta)

@@ -1,0 +1,357 @@
+"""The glue between a run directory and the algorithms: one function per thing a notebook does.
+
+The stage packages (``cubes``, ``features``, ``analysis``, ``explain``, ``connectivity``) work
+on arrays and tables and know nothing of runs or parameter files. Here each step reads its
+inputs from the run (through :mod:`.artifacts`), unpacks the validated :class:`Config` into
+the keyword options the algorithm takes, reuses cached results through the one protocol of
+:mod:`.cache`, and writes its outputs back. Writers that put a step's results into a run are
+all called ``save_<what>``. See ``docs/architecture.md``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import clustering as C
+from ..analysis import export
+from ..analysis import reduce as R
+from ..connectivity.groups import PresynapseAnalysis, analyze
+from ..connectivity.summary_page import write_summary
+from ..core.atomic import atomic_path
+from ..core.config import Config, ConfigError, make_config
+from ..core.errors import DataError
+from ..core.layers import N_FEATURE_MODULES, validate_layer
+from ..core.progress_bars import in_batch
+from ..cubes.build import build_cubes
+from ..cubes.geometry import CubeGeometry
+from ..cubes.rendering import RenderSettings
+from ..cubes.store import CubeSet
+from ..data.bbox import BboxData
+from ..data.description import (
+    load_dataset_description,
+    refused_types,
+    require_crop_mode,
+    require_segmentation_type,
+)
+from ..explain import attention as X
+from ..features.checkpoint import ModelInfo, build_model
+from ..features.extract import (
+    FeatureExtractor,
+    FeatureResult,
+    describe,
+    features_frame,
+    resolve_input_range,
+    seed_csv_name,
+)
+from ..features.vgg3d import VGG3D
+from . import artifacts as A
+from . import cache
+from .runs import Run
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- parameters
+def resolve_parameters(cfg: Config) -> Config:
+    """``cfg`` as the run really uses it, so what a run records is what it read.
+
+    With a dataset description (``dataset``) its voxel size and label ids replace
+    ``voxel_size_nm`` / ``label_table``, and the folders of the original layout (``raw_dir``
+    ...) are not read at all, so they are recorded empty rather than as the demo's. An
+    invalid description is a :class:`ConfigError` naming the ``dataset`` key.
+    """
+    if not cfg.dataset or not Path(cfg.dataset).expanduser().is_file():
+        return cfg  # nothing to resolve yet: 01_load names the missing file when it runs
+    try:
+        desc = load_dataset_description(cfg.dataset).spec
+    except DataError as exc:
+        raise ConfigError(f"parameter 'dataset': {exc}") from exc
+    names = list(cfg.bboxes) or list(desc.bboxes)
+    labels = {name: desc.bboxes[name].labels.model_dump() for name in names if name in desc.bboxes}
+    return cfg.model_copy(update={
+        "voxel_size_nm": [float(v) for v in desc.voxel_size_nm], "label_table": labels,
+        "raw_dir": "", "seg_dir": "", "mask_dir": "", "table_dir": "",
+    })
+
+
+# --------------------------------------------------------------------------- 01_load
+def geometry(cfg: Config) -> CubeGeometry:
+    """The crop geometry a configuration asks for."""
+    return CubeGeometry(size=cfg.cube_size, crop_mode=cfg.crop_mode, presynapse_weight=cfg.presynapse_weight)
+
+
+def check_dataset(bboxes: Sequence[BboxData], cfg: Config) -> None:
+    """Refuse, before any work, a segmentation type the dataset cannot serve or a smart crop
+    where pre/post cannot be decided, naming what is missing."""
+    require_segmentation_type(bboxes, cfg.segmentation_type)
+    require_crop_mode(bboxes, cfg.crop_mode, cfg.presynapse_weight)
+
+
+def make_cubes(bboxes: Sequence[BboxData], cfg: Config, progress: bool = True) -> CubeSet:
+    """Build the cube store for ``cfg`` (no cache, no checks: :func:`build` does those)."""
+    cubes = build_cubes(bboxes, geometry(cfg), cfg.voxel_size_nm, progress=progress, target_voxel_nm=cfg.target_voxel_nm)
+    cubes.refused_types = refused_types(bboxes)
+    return cubes
+
+
+def build(bboxes: Sequence[BboxData], cfg: Config, run: Run, progress: bool = True) -> CubeSet:
+    """01_load: the run's cubes, reused from the cache when what decides them is unchanged;
+    the run's ``cubes`` folder holds them (a link into the cache when caching)."""
+    check_dataset(bboxes, cfg)
+    cubes, entry = cache.reuse_or_compute(
+        run, cfg, "cubes", compute=lambda: make_cubes(bboxes, cfg, progress=progress),
+        store=lambda c, folder: c.save(folder), load=CubeSet.load,
+    )
+    if entry is None:
+        cubes.save(run.cubes_dir)
+    else:
+        cache.link_into_run(cache.entry_data(entry), run.cubes_dir)
+    return cubes
+
+
+def load_cubes(run: Run) -> CubeSet:
+    """The cubes 01_load stored in ``run``."""
+    return CubeSet.load(run.require(A.CUBES))
+
+
+# --------------------------------------------------------------------------- 02_extract
+def compute_features(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config, progress: bool = True) -> FeatureResult:
+    """Render every usable cube for the configured segmentation type and extract its features.
+
+    Synapses whose mask is empty for this type are left out and reported; a type the cubes'
+    dataset cannot serve at all is refused.
+    """
+    cubes.require_type(cfg.segmentation_type)
+    skipped = cubes.empty_mask_report(cfg.segmentation_type)
+    keep = np.setdiff1d(np.arange(len(cubes)), cubes.empty_mask_rows(cfg.segmentation_type))
+    if len(keep) == 0:
+        raise ValueError(
+            f"every synapse has an empty mask for segmentation type {cfg.segmentation_type}: "
+            "choose another segmentation_type or check the label ids (label_table)"
+        )
+    view = cubes.rendered(RenderSettings.from_config(cfg), indices=keep)
+    extractor = FeatureExtractor(
+        model, method=cfg.extraction_method, layer_num=cfg.layer_num, pooling=cfg.pooling_method,
+        batch_size=cfg.batch_size, precision=cfg.precision, input_range=resolve_input_range(cfg, info),
+        progress=progress and not in_batch(),
+    )
+    matrix = extractor(view)
+    features = features_frame(matrix, cubes.table.iloc[keep].reset_index(drop=True))
+    name = seed_csv_name(cfg.extraction_method, cfg.layer_num, cfg.pooling_method, cfg.segmentation_type, cfg.alpha)
+    return FeatureResult(features, skipped, name, describe(info, cfg), extractor.last_seconds or 0.0)
+
+
+def _store_features(result: FeatureResult, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    result.features.to_parquet(folder / "features.parquet", index=False)
+    result.skipped.to_parquet(folder / "skipped.parquet", index=False)
+    (folder / "meta.json").write_text(json.dumps(result.meta()), encoding="utf-8")
+
+
+def _load_features(folder: Path) -> FeatureResult:
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return FeatureResult(pd.read_parquet(folder / "features.parquet"), pd.read_parquet(folder / "skipped.parquet"),
+                         meta["seed_name"], meta["description"], float(meta["seconds"]))
+
+
+def extract(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config, run: Run) -> FeatureResult:
+    """02_extract: :func:`compute_features`, or the cached result when every parameter that decides the
+    features (and the cubes) is unchanged."""
+    result, _ = cache.reuse_or_compute(
+        run, cfg, "features", compute=lambda: compute_features(cubes, model, info, cfg),
+        store=_store_features, load=_load_features,
+    )
+    return result
+
+
+def save_features(result: FeatureResult, run: Run) -> dict[str, Path]:
+    """Write the features (parquet and, under the original tool's file name, CSV), the
+    excluded synapses and the extraction record to the run."""
+    paths = {"parquet": run.write(A.FEATURES, result.features)}
+    paths["csv"] = run.file(A.SEED_FEATURES_CSV, name=result.seed_name)
+    with atomic_path(paths["csv"]) as tmp:
+        result.features.to_csv(tmp, index=False)
+    paths["skipped"] = run.write(A.SKIPPED_FEATURES, result.skipped)
+    paths["extraction"] = run.write(A.EXTRACTION, result.meta())
+    return paths
+
+
+# --------------------------------------------------------------------------- 03_reduce / 04_cluster
+def reduce(features: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """03_reduce: standardise, PCA (``pca_components`` 0 = none), UMAP and t-SNE with ``cfg``."""
+    return R.reduce_features(
+        features, pca_components=cfg.pca_components or None, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist,
+        metric=cfg.umap_metric, perplexity=cfg.perplexity, seed=cfg.seed,
+    )
+
+
+def load_reduced(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Features, embeddings and the PCA matrix 04_cluster clusters in."""
+    features, emb = run.read(A.FEATURES), run.read(A.EMBEDDINGS)
+    return features, emb, emb[R.pca_columns(emb)].to_numpy()
+
+
+def cluster(X: np.ndarray, cfg: Config) -> C.ClusterResult:
+    """04_cluster: the method, k (0 = choose) and k range of ``cfg``."""
+    return C.cluster(X, method=cfg.clustering_method, k=cfg.n_clusters or None, k_range=(cfg.k_min, cfg.k_max),
+                     seed=cfg.seed)
+
+
+def stability(X: np.ndarray, result: C.ClusterResult, cfg: Config) -> pd.DataFrame:
+    """Subsample stability of the chosen clustering (and of the other k when k was chosen)."""
+    k_range = (cfg.k_min, cfg.k_max) if not cfg.n_clusters and result.method != "hdbscan" else None
+    return C.stability(X, result.method, result.k, n_boot=cfg.n_bootstrap, seed=cfg.seed, k_range=k_range)
+
+
+def save_clusters(run: Run, features: pd.DataFrame, emb: pd.DataFrame, result: C.ClusterResult,
+                  stab: pd.DataFrame, agreement: pd.DataFrame, cfg: Config) -> dict[str, Path]:
+    """Write what later notebooks and sweeps read: clusters, stability, agreement, quality, AnnData."""
+    paths = {
+        "clusters": run.write(A.CLUSTERS, C.clusters_table(features, result)),
+        "stability": run.write(A.STABILITY, stab),
+        "agreement": run.write(A.AGREEMENT, agreement),
+    }
+    quality = {"method": result.method, "k": int(result.k),
+               "silhouette": round(float(result.info.get("silhouette", float("nan"))), 3)}
+    paths["quality"] = run.write(A.CLUSTER_QUALITY, quality)
+    paths["h5ad"] = export.to_anndata(features, emb, result, run.file(A.ANNDATA), params=cfg.to_dict())
+    return paths
+
+
+# --------------------------------------------------------------------------- 05_attention
+def feature_config(run: Run, cfg: Config) -> Config:
+    """``cfg`` with the feature settings 02_extract used in this run (so maps explain those
+    features), keeping the attention keys. ``weights_path`` empty = 02's weights."""
+    recorded = run.read(A.STEP_PARAMS, step="02_extract")
+    values = cfg.to_dict()
+    for key in X.FEATURE_KEYS:
+        if key in recorded and key in Config.model_fields:
+            values[key] = recorded[key]
+    if cfg.weights_path:
+        values["weights_path"] = cfg.weights_path
+    return make_config(values, source=str(run.file(A.STEP_PARAMS, step="02_extract")))
+
+
+def _explained_layers(layers: Sequence[int], upto: int, target: str) -> tuple[list[int], dict[int, str]]:
+    """Layers that have a gradient for a target reading ``features.<upto>``; the rest with why."""
+    ok, skipped = [], {}
+    for i in sorted({validate_layer(i) for i in layers}):
+        if i > upto:
+            skipped[i] = (
+                f"features.{i} is skipped: the {target} target reads features.{upto} "
+                f"(stage_specific extraction, layer_num {upto}), which comes before it, so that layer has no "
+                f"gradient and any map would be fake. Use attention_layers up to {upto}, or extract with the whole trunk."
+            )
+        else:
+            ok.append(i)
+    return ok, skipped
+
+
+def _clusters_for_attention(run: Run, n_features: int) -> tuple[np.ndarray | None, pd.DataFrame | None]:
+    if not (run.has(A.CLUSTERS) and run.has(A.EMBEDDINGS)):
+        return None, None
+    labels = run.read(A.CLUSTERS)["cluster_label"].to_numpy()
+    emb = run.read(A.EMBEDDINGS)
+    if len(labels) != n_features or len(emb) != n_features:
+        raise X.AttentionError(
+            f"features ({n_features} rows), embeddings ({len(emb)}) and clusters ({len(labels)}) of run "
+            f"{run.path} do not line up: rerun 03_reduce and 04_cluster"
+        )
+    return labels, emb
+
+
+def _target(kind: str, fcfg: Config, model: VGG3D, info: ModelInfo, cfg: Config, space, labels) -> tuple[X.Target, int]:
+    upto = N_FEATURE_MODULES - 1 if fcfg.extraction_method == "standard" else fcfg.layer_num
+    if kind == "logit":
+        return X.logit_target(model, info, cfg.attention_class), N_FEATURE_MODULES - 1
+    if kind == "cluster":
+        return X.ClusterTarget(upto, fcfg.pooling_method, space, labels), upto
+    return X.NormTarget(upto, fcfg.pooling_method), upto
+
+
+def load_study(run: Run, cfg: Config) -> X.Study:
+    """05_attention: features, clusters, embeddings and cubes of ``run``, 02_extract's network and
+    the target ``cfg.attention_target``; errors name the missing step or the key to change."""
+    fcfg = feature_config(run, cfg)
+    features = run.read(A.FEATURES)
+    cubes = load_cubes(run)
+    if cubes.geometry.size != fcfg.cube_size:
+        logger.info("cube size %d from the stored cubes (parameters said %d)", cubes.geometry.size, fcfg.cube_size)
+        fcfg = fcfg.model_copy(update={"cube_size": cubes.geometry.size})  # what the maps are made at (recorded by 05)
+    labels, emb = _clusters_for_attention(run, len(features))
+    points = None if emb is None else emb[R.pca_columns(emb)].to_numpy(np.float64)
+    kind = cfg.attention_target
+    space = None
+    if kind == "cluster":
+        if labels is None:
+            raise X.AttentionError(
+                f"attention_target 'cluster' needs the clusters of 04_cluster and the embeddings of 03_reduce "
+                f"({run.file(A.CLUSTERS)}); run them, or use attention_target 'norm'"
+            )
+        space = X.cluster_space(features, emb, labels)
+    model, info = build_model(fcfg.weights_path or None, seed=fcfg.seed)
+    target, upto = _target(kind, fcfg, model, info, cfg, space, labels)
+    layers, skipped = _explained_layers(cfg.attention_layers, upto, kind)
+    if not layers:
+        raise X.AttentionError(
+            f"none of attention_layers {list(cfg.attention_layers)} can be explained: " + " ".join(skipped.values())
+        )
+    notes: list[str] = []
+    if fcfg.precision != "float32":
+        notes.append(f"02_extract ran in {fcfg.precision}; Grad-CAM runs in float32 (features agree to about 0.999 cosine).")
+    return X.Study(fcfg, features, labels, points, space, cubes, model, info, resolve_input_range(fcfg, info), target,
+                   layers, skipped, notes)
+
+
+def save_attention(run: Run, result: X.AttentionResult, overlap: pd.DataFrame, summary: pd.DataFrame,
+                   regions: pd.DataFrame) -> dict[str, Path]:
+    """Write the tables and the maps (float16) into the run."""
+    paths = {
+        "samples": run.write(A.ATTENTION_SAMPLES, result.samples),
+        "overlap": run.write(A.ATTENTION_OVERLAP, overlap),
+        "summary": run.write(A.ATTENTION_OVERLAP_SUMMARY, summary),
+        "regions": run.write(A.ATTENTION_REGIONS, regions),
+        "maps": run.file(A.ATTENTION_MAPS),
+    }
+    with atomic_path(paths["maps"]) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh, maps=result.maps.astype(np.float16), mean_maps=result.mean_maps().astype(np.float32),
+                layers=np.asarray(result.layers), feature_rows=result.samples["feature_row"].to_numpy(),
+                cube_rows=result.samples["cube_row"].to_numpy(),
+            )
+    meta = {"target": result.target, "weights": result.weights, "layers": result.layers, "threshold": result.threshold,
+            "skipped_layers": {str(k): v for k, v in result.skipped_layers.items()}, "seconds": result.seconds}
+    paths["meta"] = run.write(A.ATTENTION_META, meta)
+    return paths
+
+
+# --------------------------------------------------------------------------- 06_presynapse
+def analyze_presynapse(run: Run, cfg: Config, within_bbox: bool = True) -> PresynapseAnalysis:
+    """06_presynapse: :func:`analyze` on the run's features (02), embeddings (03), clusters (04)
+    and the synapse table stored with the cubes (01)."""
+    cube_table = pd.read_parquet(run.require(A.CUBES) / "table.parquet")
+    return analyze(run.read(A.FEATURES), run.read(A.EMBEDDINGS), run.read(A.CLUSTERS), cube_table,
+                   include_ambiguous=cfg.include_ambiguous, n_permutations=cfg.n_permutations, seed=cfg.seed,
+                   within_bbox=within_bbox, class_column=cfg.class_column)
+
+
+def save_presynapse(run: Run, analysis: PresynapseAnalysis, cubes: CubeSet | None = None,
+                    cfg: Config | None = None) -> dict[str, Path]:
+    """Write the group, synapse and excluded tables, the test numbers and the summary page."""
+    syn = analysis.synapses.copy()
+    syn["pre_seg_id"] = syn["pre_seg_id"].astype("int64")
+    paths = {
+        "groups": run.write(A.PRESYNAPSE_GROUPS, analysis.groups),
+        "synapses": run.write(A.PRESYNAPSE_SYNAPSES, syn),
+        "excluded": run.write(A.PRESYNAPSE_EXCLUDED, analysis.excluded),
+        "test": run.write(A.PRESYNAPSE_TEST, analysis.summary()),
+    }
+    paths["summary"] = write_summary(run.file(A.PRESYNAPSE_SUMMARY), analysis, cubes, cfg,
+                                     title=f"Presynapse connectivity · {run.name}")
+    return paths
