@@ -1,7 +1,7 @@
 """Write files so that a crash never leaves a half-written result behind.
 
 Everything the package writes goes to a temporary name in the target folder and is then
-renamed over the target (an atomic operation on POSIX), as SPEC 13 asks.
+renamed over the target (an atomic operation on POSIX).
 """
 from __future__ import annotations
 
