@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# compile UMAP's numba kernels once into .numba_cache (the runner and notebooks use it)
+	NUMBA_CACHE_DIR=$(CURDIR)/.numba_cache $(BIN)/python -c "from synapse_nb.analysis.reduce import compile_kernels as c; print('numba kernels compiled:', c())"
 	touch $(STAMP)
 
 install: $(STAMP)

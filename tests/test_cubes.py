@@ -443,9 +443,9 @@ def test_constant_cube_renders_zeros_and_stays_finite():
 def test_quantisation_second_minmax_and_input_range():
     raw, bits = _render_case()
     q = render(raw, bits, RenderSettings(1, alpha=0.5, quantize_8bit=True))
-    # 0.5 -> 127.5 -> 128/255 (numpy rounds half to even); 0.3 -> 76.5 -> 76/255
-    assert q[1, 1, 1] == pytest.approx(128 / 255)
-    assert q[3, 3, 3] == pytest.approx(76 / 255)
+    # truncation, as the original's 8-bit conversion: 0.5 -> 127.5 -> 127/255; 0.3 -> 76.5 -> 76/255
+    assert q[1, 1, 1] == np.float32(127) / np.float32(255)
+    assert q[3, 3, 3] == np.float32(76) / np.float32(255)
     assert np.allclose(q * 255, np.round(q * 255), atol=1e-4)
     # second min-max: mask excludes the minimum -> outside floor 0.6 becomes the new 0
     raw2 = raw.copy()
@@ -462,6 +462,35 @@ def test_quantisation_second_minmax_and_input_range():
         render(raw, bits, RenderSettings(1, input_range="0_255"))
     with pytest.raises(ValueError, match="alpha"):
         render(raw, bits, RenderSettings(1, alpha=1.5))
+
+
+def test_quantize_8bit_truncates_exactly():
+    """floor(255 x) / 255 on float32: exact values, 1.0 stays 1.0, k/255 stays k/255."""
+    f32 = np.float32
+    k = np.arange(256, dtype=np.float32)
+    exact = k / f32(255)
+    below = np.nextafter(exact[1:], f32(0))  # the float32 just below k/255
+    clearly_below = (k[1:] - f32(1e-3)) / f32(255)
+    vals = {0.5: 127, 1.0: 255, 0.0: 0, 0.3: 76, 0.999: 254, 254.999 / 255: 254, 1 / 255: 1}
+    x = np.array(list(vals), dtype=np.float32)
+    # a type-0 render of a float cube holding 0 and 1 is the identity before quantisation
+    cube = np.concatenate([x, exact, below, clearly_below]).astype(np.float32)
+    raw = np.zeros(10**3, np.float32)
+    raw[: cube.size] = cube
+    raw = raw.reshape(10, 10, 10)
+    plain = render(raw, np.zeros(raw.shape, np.uint8), RenderSettings(0))
+    assert np.array_equal(plain, raw)
+    q = render(raw, np.zeros(raw.shape, np.uint8), RenderSettings(0, quantize_8bit=True)).reshape(-1)
+    n = len(vals)
+    assert np.array_equal(q[:n], np.array(list(vals.values()), np.float32) / f32(255))
+    assert q[1] == f32(1.0)  # x == 1.0 stays 1.0
+    assert np.array_equal(q[n : n + 256], exact)  # every k/255 is kept
+    # just below k/255 truncates to (k - 1)/255 wherever 255 x lies below k in float32
+    drop = np.floor(below * f32(255)) < k[1:]
+    assert drop.sum() > 100
+    assert np.array_equal(q[n + 256 : n + 511][drop], exact[:-1][drop])
+    assert np.array_equal(q[n + 511 : n + 766], exact[:-1])
+    assert q.dtype == np.float32 and q.min() >= 0 and q.max() <= 1
 
 
 def test_render_batch_normalises_per_cube(cube):
@@ -691,3 +720,48 @@ def test_side_point_outside_the_window_is_read_directly(volume, cube):
     c = build_synapse(raw, seg, mask, CENTER, (11, 20, 20), SIDE_POST, IDS, CubeGeometry(size=S))
     assert c.info["side1_seg_id"] == PRE_ID and c.info["pre_side"] == 1
     np.testing.assert_array_equal(c.bits, cube.bits)
+
+
+# --- side points far from the cleft ----------------------------------------------------------------
+FAR_POST = (29, 27, 27)  # x, y, z: still inside the post neurite, 13.4 voxels from the cleft centre
+
+
+def test_far_side_point_is_flagged_and_logged_but_used_as_given(volume, cube, caplog):
+    raw, seg, mask, _ = volume
+    with caplog.at_level("WARNING", logger="synapse_nb.cubes.prepost"):
+        far = build_synapse(raw, seg, mask, CENTER, SIDE_PRE, FAR_POST, IDS, CubeGeometry(size=S),
+                            bbox="bbox7", synapse="syn_42", table_row=9)
+    info = far.info
+    assert info["ambiguous"]
+    assert info["ambiguity_reason"] == (
+        "side 2 point (x=29, y=27, z=27) lies 13.4 voxels from the cleft centre "
+        "(more than half the cube edge, 8): it may be in another neurite"
+    )
+    (record,) = [r for r in caplog.records if "cleft centre" in r.getMessage()]
+    msg = record.getMessage()
+    assert record.levelname == "WARNING" and "\n" not in msg
+    for part in ("bbox7", "syn_42", "table row 9", "side 2 point (x=29, y=27, z=27)", "13.4 voxels", "side_2_coord"):
+        assert part in msg
+    # the segment under the point is used exactly as before: same decision, same cube bytes
+    for k in ("pre_side", "pre_seg_id", "post_seg_id", "side1_seg_id", "side2_seg_id", "overlap_side1", "overlap_side2"):
+        assert info[k] == cube.info[k], k
+    assert far.raw.tobytes() == cube.raw.tobytes() and far.bits.tobytes() == cube.bits.tobytes()
+
+
+def test_side_points_within_half_the_cube_edge_are_not_flagged(volume, caplog):
+    raw, seg, mask, _ = volume
+    with caplog.at_level("WARNING", logger="synapse_nb.cubes.prepost"):
+        edge = build_synapse(raw, seg, mask, CENTER, (12, 20, 20), (28, 20, 20), IDS, CubeGeometry(size=S))
+    assert not edge.info["ambiguous"] and edge.info["ambiguity_reason"] == ""  # exactly 8 voxels: fine
+    assert not caplog.records
+
+
+def test_far_side_point_is_noted_in_the_cube_table(volume):
+    b = _bbox(volume, "bbox3", [("near", CENTER, SIDE_PRE, SIDE_POST), ("far", CENTER, (11, 13, 13), SIDE_POST)])
+    cs = build_cubes([b], CubeGeometry(size=S), voxel_size_nm=(8.0, 8.0, 8.0), progress=False)
+    near, far = cs.table.iloc[0], cs.table.iloc[1]
+    assert not near["ambiguous"] and near["ambiguity_reason"] == ""
+    assert far["ambiguous"] and "side 1 point (x=11, y=13, z=13) lies 13.4 voxels" in far["ambiguity_reason"]
+    assert far["pre_side"] == 1 and far["pre_seg_id"] == PRE_ID
+    np.testing.assert_array_equal(cs.raw[0], cs.raw[1])
+    np.testing.assert_array_equal(cs.bits[0], cs.bits[1])

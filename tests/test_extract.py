@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synapse_nb.core.errors import DataError
 from synapse_nb.core.layers import layer_channels
+from synapse_nb.cubes.geometry import CubeGeometry
+from synapse_nb.cubes.rendering import RenderSettings
+from synapse_nb.cubes.store import CubeSet
 from synapse_nb.features import extract as E
 from synapse_nb.features.checkpoint import ModelInfo, build_model
 from synapse_nb.features.extract import (
@@ -271,3 +275,74 @@ def test_save_features_writes_both_files_atomically(tmp_path):
     np.testing.assert_allclose(csv[feature_columns(csv)].to_numpy(), df[feature_columns(df)].to_numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="bare file name"):
         save_features(FeatureResult(df, result.skipped, "../x.csv", "", 0.0), run)
+
+
+# ----------------------------------------------------------------------------- non-finite weights / features
+def _nan_in(model, key: str):
+    bad, _ = build_model(None, seed=11)
+    bad.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        bad.state_dict()[key].view(-1)[0] = float("nan")
+    return bad
+
+
+def test_nan_weights_are_refused_before_they_give_zero_features(model):
+    # the fused conv + ReLU turns NaN into 0: without the check these weights give all-zero
+    # features that look like a success
+    bad = _nan_in(model, "features.0.weight")
+    with pytest.raises(DataError) as err:
+        FeatureExtractor(bad, "stage_specific", 20, progress=False, num_threads=1)
+    msg = str(err.value)
+    assert "the model: weight features.0.weight holds NaN/inf values" in msg and "build_model" in msg
+    assert "\n" not in msg
+    # weights after the requested layer are never run, so they do not matter
+    late = _nan_in(model, "features.30.weight")
+    out = FeatureExtractor(late, "stage_specific", 20, progress=False, num_threads=1)(realistic(1, 16))
+    assert np.isfinite(out).all()
+    with pytest.raises(DataError, match=r"features\.30\.weight"):
+        FeatureExtractor(late, "standard", progress=False, num_threads=1)
+
+
+def test_non_finite_features_name_the_cube(model):
+    ex = FeatureExtractor(model, "stage_specific", 20, batch_size=2, progress=False, num_threads=1)
+    cubes = realistic(4, 16)
+    cubes[3] *= np.float32(3e38)  # finite input, but the convolutions overflow to inf
+    with pytest.raises(DataError) as err:
+        ex(cubes)
+    msg = str(err.value)
+    assert "features of cube 3 (row 3 of the input) are NaN/inf" in msg and "cubes[2:4]" in msg
+    assert "\n" not in msg
+
+
+def test_non_finite_features_name_the_synapse_of_the_cube_store(model, monkeypatch):
+    S = 16
+    table = pd.DataFrame({"bbox": ["bbox1", "bbox1", "bbox4"], "Var1": ["syn_a", "syn_b", "syn_c"], "table_row": [0, 1, 7]})
+    raw = (np.random.default_rng(0).random((3, S, S, S)) * 255).astype(np.uint8)
+    cubes = CubeSet(raw=raw, bits=np.zeros_like(raw), table=table, skipped=pd.DataFrame(), geometry=CubeGeometry(size=S))
+    view = cubes.rendered(RenderSettings(0), indices=[0, 2])
+    ex = FeatureExtractor(model, "stage_specific", 20, batch_size=1, progress=False, num_threads=1)
+    trunk, calls = ex.trunk, []
+
+    def broken(x):  # a network that fails on the second batch: the view's second cube (bbox4 / syn_c)
+        calls.append(len(x))
+        out = trunk(x)
+        return out * np.nan if len(calls) == 2 else out
+
+    monkeypatch.setattr(ex, "trunk", broken)
+    with pytest.raises(DataError, match=r"features of bbox bbox4, synapse syn_c, table row 7 are NaN/inf"):
+        ex(view)
+    assert view.synapse_where(0) == "bbox bbox1, synapse syn_a, table row 0"
+
+
+def test_features_frame_refuses_non_finite_rows_naming_the_synapse():
+    meta = pd.DataFrame({"bbox": ["b1", "b2", "b2"], "Var1": ["s1", "s2", "s3"], "table_row": [4, 11, 12]})
+    feats = np.ones((3, 4), np.float32)
+    feats[2, 1] = np.nan
+    feats[1, 3] = np.inf
+    with pytest.raises(DataError) as err:
+        features_frame(feats, meta)
+    msg = str(err.value)
+    assert msg.startswith("features of bbox b2, synapse s2, table row 11 (row 1; 2 of 3 rows) are NaN/inf")
+    assert "\n" not in msg
+    with pytest.raises(DataError, match=r"features of row 0 \(row 0; 1 of 1 rows\)"):
+        features_frame(np.array([[np.nan]], np.float32), pd.DataFrame({"x": [1]}))

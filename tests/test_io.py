@@ -142,3 +142,74 @@ def test_discover_bboxes_natural_order(tmp_path: Path):
     for name in ["bbox10", "bbox2", "bbox1"]:
         (tmp_path / name).mkdir()
     assert _data_seed_layout.discover_bboxes(tmp_path) == ["bbox1", "bbox2", "bbox10"]
+
+
+@pytest.mark.parametrize("dtype, byteorder", [(np.uint8, "<"), (np.uint16, "<"), (np.uint16, ">"), (np.float32, "<")])
+def test_uncompressed_tiff_slices_take_the_memory_mapped_fast_path(tmp_path: Path, monkeypatch, dtype, byteorder):
+    vol = (np.random.default_rng(2).random((6, 14, 9)) * 250).astype(dtype)
+    folder = tmp_path / "fast"
+    folder.mkdir()
+    for z, plane in enumerate(vol):
+        tifffile.imwrite(folder / f"slice_{z:03d}.tif", plane, byteorder=byteorder)
+    layout = _data_slices._tiff_layout(folder / "slice_000.tif")
+    assert layout is not None and layout.shape == (14, 9) and layout.dtype.newbyteorder("=") == np.dtype(dtype)
+    stack = _data_slices.SliceStack(folder)
+    assert stack._layout == layout
+    expected = np.stack([tifffile.imread(p) for p in stack.files])
+
+    def no_tiff_parsing(*args, **kwargs):
+        raise AssertionError("the fast path must not parse TIFF headers")
+
+    # after opening, every slice is mapped from the first slice's layout: no TIFF parsing at all
+    monkeypatch.setattr(_data_slices.tifffile, "memmap", no_tiff_parsing)
+    monkeypatch.setattr(_data_slices.tifffile, "imread", no_tiff_parsing)
+    monkeypatch.setattr(_data_slices.tifffile, "TiffFile", no_tiff_parsing)
+    got = np.asarray(stack)
+    assert got.dtype.newbyteorder("=") == np.dtype(dtype)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(stack[1:5, 2:11, 3:8], vol[1:5, 2:11, 3:8])
+
+
+def test_compressed_or_odd_tiffs_fall_back_to_tifffile(tmp_path: Path):
+    vol = np.random.default_rng(3).integers(0, 255, (3, 32, 32), dtype=np.uint8)
+    write_stack(tmp_path / "z", vol, compress=True)
+    assert _data_slices._tiff_layout(tmp_path / "z" / "slice_000.tif") is None
+    stack = _data_slices.SliceStack(tmp_path / "z")
+    assert stack._layout is None
+    np.testing.assert_array_equal(np.asarray(stack), vol)
+    (tmp_path / "m").mkdir()
+    tifffile.imwrite(tmp_path / "m" / "slice_000.tif", vol[:2])  # two pages: not a 2-D slice
+    assert _data_slices._tiff_layout(tmp_path / "m" / "slice_000.tif") is None
+    (tmp_path / "p").mkdir()
+    tifffile.imwrite(tmp_path / "p" / "slice_000.tif", vol[0], tile=(16, 16))  # uncompressed but tiled
+    assert _data_slices._tiff_layout(tmp_path / "p" / "slice_000.tif") is None
+
+
+def test_old_tifffile_contiguous_tuple_is_understood():
+    class OldPage:  # tifffile < 2022 reported (offset, bytecount)
+        is_contiguous = (1234, 99)
+        dataoffsets = (1,)
+
+    class NewPage:
+        is_contiguous = True
+        dataoffsets = (256,)
+
+    class NotContiguous:
+        is_contiguous = False
+        dataoffsets = (8, 900)
+
+    assert _data_slices._contiguous_offset(OldPage()) == 1234
+    assert _data_slices._contiguous_offset(NewPage()) == 256
+    assert _data_slices._contiguous_offset(NotContiguous()) is None
+
+
+def test_a_layout_that_does_not_match_tifffile_is_not_trusted(tmp_path: Path, monkeypatch, caplog):
+    vol = np.random.default_rng(4).integers(0, 255, (2, 10, 12), dtype=np.uint8)
+    write_stack(tmp_path / "w", vol)
+    good = _data_slices._tiff_layout(tmp_path / "w" / "slice_000.tif")
+    monkeypatch.setattr(_data_slices, "_tiff_layout", lambda path: _data_slices._TiffLayout(
+        good.offset - 1, good.shape, good.dtype, good.file_size))
+    with caplog.at_level("WARNING", logger="synapse_nb.data.slices"):
+        stack = _data_slices.SliceStack(tmp_path / "w")
+    assert stack._layout is None and "does not match tifffile" in caplog.text
+    np.testing.assert_array_equal(np.asarray(stack), vol)

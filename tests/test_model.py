@@ -344,3 +344,65 @@ def test_reuse_large_allocations_is_reference_counted():
             assert float(torch.ones(48 << 18).sum()) == 48 << 18
         assert _features_inference._alloc_depth == (1 if active else 0)
     assert _features_inference._alloc_depth == 0
+
+
+# ----------------------------------------------------------------------------- bad checkpoint files
+@pytest.mark.parametrize("key", ["features.0.weight", "features.1.running_var"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_file_and_key(tmp_path, trunk, key, bad):
+    sd = {k: v.clone() for k, v in trunk.state_dict().items()}
+    sd[key].view(-1)[3] = bad
+    path = _save({"model_state_dict": sd}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError) as err:
+        build_model(path)
+    msg = str(err.value)
+    assert msg == f"{path}: weight {key} holds NaN/inf values; the checkpoint is corrupt, use another one"
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+        load_checkpoint(path)
+
+
+def test_non_finite_check_reads_large_tensors_in_chunks(monkeypatch):
+    monkeypatch.setattr(_features_checkpoint, "_FINITE_CHUNK", 7)
+    t = torch.zeros(50)
+    _features_checkpoint.check_finite({"a": t, "n": torch.tensor(3)}, "x")  # all finite: no error
+    t[49] = float("-inf")  # in the last, short chunk
+    with pytest.raises(CheckpointError, match="x: weight a holds NaN/inf"):
+        _features_checkpoint.check_finite({"a": t}, "x")
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"hemibrain weights are on the shared drive\n", "a text file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", "Git LFS pointer"),
+        (b"\n  <!DOCTYPE html>\n<html><head><title>Dropbox</title></head></html>\n", "an HTML page"),
+        (b"\x00\x01\x02garbage\xff", "unknown format"),
+    ],
+)
+def test_empty_or_text_checkpoint_gets_one_clear_line(tmp_path, content, expected):
+    path = tmp_path / "hemibrain_production.checkpoint"
+    path.write_bytes(content)
+    for load in (build_model, load_checkpoint):
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        msg = str(err.value)
+        assert expected in msg and str(path) in msg and "\n" not in msg
+        assert "torch checkpoint" in msg and "101" not in msg and '""' not in msg
+
+
+def test_legacy_torch_format_is_still_accepted(tmp_path, trunk):
+    path = tmp_path / "legacy.pt"
+    torch.save(trunk.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:1] == b"\x80"
+    assert set(load_checkpoint(path)) == set(trunk.state_dict())
+
+
+def test_truncated_checkpoint_gets_one_line(tmp_path, trunk):
+    path = _save(trunk.state_dict(), tmp_path / "full.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError) as err:
+        build_model(cut)
+    msg = str(err.value)
+    assert str(cut) in msg and "\n" not in msg and "truncated" in msg

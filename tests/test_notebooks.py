@@ -64,6 +64,18 @@ def test_plan_splits_parameters_per_notebook(tiny_params):
     assert per_step["01_load"]["cube_size"] == 32
 
 
+def test_display_keys_of_steps_not_run_are_known():
+    # ci.yaml sets n_preview, a display key of 01_load only: running later steps must accept it
+    values = C.read_yaml(PROJECT_ROOT / "parameters" / "ci.yaml")
+    assert "n_preview" in values
+    for steps in (runner.select_steps(start="02_extract"), runner.select_steps(only=["03_reduce"])):
+        _, per_step = runner.plan_parameters(values, steps)
+        assert list(per_step) == steps
+        assert all("n_preview" not in params for params in per_step.values())
+    with pytest.raises(C.ConfigError, match=r"unknown parameter 'n_previews'"):
+        runner.plan_parameters({**values, "n_previews": 1}, runner.select_steps(only=["03_reduce"]))
+
+
 def test_select_steps():
     assert runner.select_steps(start="03_reduce") == ["03_reduce", "04_cluster", "05_attention", "06_presynapse", "07_report"]
     assert runner.select_steps(only=["01_load"]) == ["01_load"]

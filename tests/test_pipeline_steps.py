@@ -98,3 +98,28 @@ def test_the_architecture_doc_lists_the_current_artifacts():
     start = doc.index("<!-- artifacts table")
     table = doc[doc.index("\n", start) + 1 : doc.index("<!-- end of artifacts table")].strip()
     assert table == A.table_markdown()
+
+
+def test_many_unknown_keys_give_a_bounded_message_with_the_known_keys_once():
+    values = {f"typo_{i}": i for i in range(500)}
+    with pytest.raises(C.ConfigError) as exc:
+        runner.plan_parameters(values, ["01_load"])
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 8 and lines[6] == "  ... and 495 more problem(s)"
+    assert sum("known parameters" in line for line in lines) == 1
+
+
+def test_a_dataset_description_has_the_limits_of_a_parameter_file(tmp_path):
+    from synapse_nb.core.errors import DataError
+    from synapse_nb.data.description import load_dataset_description
+
+    cases = {
+        "latin1.yaml": "name: caf\xe9\n".encode("latin-1"),
+        "dup.yaml": b"name: a\nname: b\nvoxel_size_nm: [1, 1, 1]\nbboxes: {}\n",
+        "bomb.yaml": b"a: &a [1, 1]\nb: [*a, *a]\n",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError) as exc:
+            load_dataset_description(tmp_path / name)
+        assert name in str(exc.value) and "\n" not in str(exc.value)

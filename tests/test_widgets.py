@@ -7,6 +7,7 @@ bad input, a run and a sweep launched from the panel, and a clean stop.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
@@ -27,7 +28,7 @@ from synapse_nb.core import labels as L
 from synapse_nb.cubes import store as _cubes_store
 from synapse_nb.cubes.rendering import RenderSettings
 from synapse_nb.data import datasets as _data_datasets
-from synapse_nb.pipeline import artifacts, runner
+from synapse_nb.pipeline import artifacts, runner, sweep
 from synapse_nb.pipeline import steps as _pipeline_steps
 from synapse_nb.ui import panel as widgets
 from synapse_nb.ui.fields import field_for
@@ -219,6 +220,64 @@ def test_nothing_is_written_when_invalid_or_badly_named(panel, tmp_path):
         assert panel.files.save() is None and "invalid file name" in panel.files.message.value
     assert sorted(p.name for p in (tmp_path / "parameters").iterdir()) == ["keep.yaml"]  # no temporary left behind
     assert not (tmp_path / "escape.yaml").exists()
+
+
+def test_save_never_replaces_a_file_unasked(panel, tmp_path):
+    files = panel.files
+    files.name.value = "mine.yaml"
+    path = files.save()
+    before = path.read_text()
+    panel.form.widgets["alpha"].value = 0.25
+    assert files.save() is None
+    assert f"not saved: {path} exists: tick 'overwrite' to replace it, or choose another name" in files.message.value
+    assert path.read_text() == before
+    files.overwrite.value = True
+    assert files.save() == path and yaml.safe_load(path.read_text())["alpha"] == 0.25
+    assert files.overwrite.value is False  # asked again for the next replacement
+    panel.form.widgets["alpha"].value = 0.5
+    assert files.save() is None and yaml.safe_load(path.read_text())["alpha"] == 0.25
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "ci.yaml", "vnc.yaml", "sweep_segtypes.yaml", "dataset_example.yaml", "Demo.yaml"])
+def test_save_never_replaces_a_shipped_file(panel, tmp_path, name):
+    folder = tmp_path / "parameters"
+    folder.mkdir()
+    (folder / name).write_text("alpha: 0.9\n")
+    panel.files.name.value = name
+    panel.files.overwrite.value = True
+    assert panel.files.save() is None
+    assert f"{name} is shipped with synapse-nb and is never overwritten: save under another name" in panel.files.message.value
+    assert (folder / name).read_text() == "alpha: 0.9\n"
+    with pytest.raises(C.ConfigError, match="never overwritten"):
+        panel.form.save("ci.yaml", overwrite=True)
+
+
+def test_a_file_that_is_not_utf8_is_left_out_and_the_panel_opens(tiny_params, tmp_path, caplog):
+    folder = tmp_path / "parameters"
+    folder.mkdir()
+    (folder / "latin1.yaml").write_bytes("alpha: 0.5\nraw_dir: caf\xe9\n".encode("latin-1"))
+    (folder / "good.yaml").write_text("alpha: 0.5\n")
+    (folder / "broken.yaml").write_text("alpha: [\n")
+    with caplog.at_level(logging.WARNING, logger="synapse_nb"):
+        panel = widgets.ControlPanel(tiny_params, runs_root=tmp_path / "runs", params_dir=folder)
+    assert list(panel.files.choice.options) == ["broken.yaml", "good.yaml"]
+    note = panel.files.skipped.value
+    assert "latin1.yaml left out:" in note and "is not UTF-8 text (byte 23 is 0xe9): save it as UTF-8" in note
+    assert "snb-warning" in note and panel.files.skipped in panel.files.widget.children
+    assert any("latin1.yaml is not UTF-8 text" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert panel.files.load("good.yaml") and panel.form.widgets["alpha"].value == 0.5
+    assert not panel.files.load("latin1.yaml") and "is not UTF-8 text" in panel.files.message.value
+    started = widgets.ControlPanel(folder / "latin1.yaml", runs_root=tmp_path / "runs", params_dir=folder)
+    assert "is not UTF-8 text" in started.header.value and "defaults shown" in started.header.value
+
+
+def test_loading_a_file_with_many_unknown_keys_is_a_short_message(panel, tmp_path):
+    (tmp_path / "parameters").mkdir()
+    (tmp_path / "parameters" / "many.yaml").write_text("".join(f"typo_{i}: 1\n" for i in range(150)))
+    assert not panel.files.load("many.yaml")
+    message = panel.files.message.value
+    assert "unknown parameter(s) ['typo_0', 'typo_1'" in message
+    assert "... and 145 more unknown]" in message and message.count("typo_") == 5 and len(message) < 2000
 
 
 @pytest.mark.parametrize(
@@ -478,15 +537,16 @@ def test_stopping_a_sweep_stops_its_combination_and_starts_no_other(tiny_params,
     spec.write_text(yaml.safe_dump({"base": ci_values(tiny_params), "grid": {"alpha": [0.5, 1.0]}}))
     panel = widgets.ControlPanel(ci_values(tiny_params), runs_root=tmp_path / "runs", reports_root=tmp_path / "reports",
                                  params_dir=tmp_path)
+    names = [c.name for c in sweep.expand(sweep.read_spec(spec))]
     folder = panel.runs.start_sweep(spec)
-    first = folder / "alpha0_5"
+    first = folder / names[0]
     wait_for(lambda: runner.read_status(first).get("step_status", {}).get("01_load", {}).get("status") == "running"
              or not panel.runs.running, RUN_TIMEOUT_S, "the first combination to start")
     panel.runs.stop()
     status = panel.runs.wait(120)
     assert status["kind"] == "sweep" and status["status"] == "stopped", "".join(panel.runs.log_lines)[-3000:]
-    assert status["combinations"] == {"alpha0_5": "stopped", "alpha1_0": "not run"}
-    assert runner.read_status(first)["status"] == "stopped" and not (folder / "alpha1_0").exists()
+    assert status["combinations"] == {names[0]: "stopped", names[1]: "not run"}
+    assert runner.read_status(first)["status"] == "stopped" and not (folder / names[1]).exists()
     assert pd.read_csv(folder / "summary.csv")["status"].tolist() == ["stopped"]
 
 

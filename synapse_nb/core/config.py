@@ -21,8 +21,21 @@ from pydantic import (
 
 from . import atomic
 from . import labels as L
-from .errors import format_validation_error, validate_name
+from .errors import format_validation_error, shorten, validate_name
 from .layers import CONV_INDICES
+
+#: Largest parameter file read (they are a few hundred bytes; a file saved by the panel ~2 kB).
+MAX_FILE_BYTES = 1_000_000
+#: Most top-level keys of a parameter file (there are about 50 parameters).
+MAX_KEYS = 200
+#: Longest text value (paths and names are far shorter).
+MAX_TEXT_CHARS = 4096
+#: Deepest nesting of values (``label_table`` and sweep grids nest three levels).
+MAX_DEPTH = 16
+#: Most values (keys, items, texts, numbers) in a parameter file.
+MAX_VALUES = 10_000
+#: Largest seed numpy and torch accept.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -35,7 +48,7 @@ class Config(BaseModel):
     Fields are listed topic by topic, in the order of :data:`SECTIONS`.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     # --- data ---
     raw_dir: str = Field("data/demo/raw", description="folder with one sub-folder of raw slices per bbox")
@@ -56,7 +69,7 @@ class Config(BaseModel):
     gray_value: float = Field(0.6, ge=0.0, le=1.0, description="gray level blended outside the mask")
     crop_mode: Literal["cleft", "presynapse"] = Field("cleft", description="centre on the cleft or smart crop")
     presynapse_weight: float = Field(0.7, ge=0.0, le=1.0, description="smart-crop weight of the presynaptic centre")
-    quantize_8bit: bool = Field(False, description="round blended intensities to 8 bits")
+    quantize_8bit: bool = Field(False, description="truncate blended intensities to 8 bits (floor(255 x) / 255, as the original tool did)")
     second_minmax: bool = Field(False, description="min-max the blended cube again")
     input_range: Literal["auto", "0_1", "-1_1"] = Field("auto", description="network input range; auto follows the weights")
 
@@ -67,7 +80,7 @@ class Config(BaseModel):
     pooling_method: Literal["avg", "max", "concat_avg_max", "spp"] = Field("avg", description="spatial pooling")
     batch_size: int = Field(1, ge=1, le=512, description="cubes per network batch (1 is fastest on CPU, see benchmarks)")
     precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is faster on CPUs that have it")
-    seed: int = Field(42, ge=0, description="seed for weights, sampling and embeddings")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="seed for weights, sampling and embeddings (0 .. 2**32-1)")
     cache_dir: str = Field("runs/cache", description="reuse cubes and features across runs here; empty = no reuse")
 
     # --- reduction and clustering ---
@@ -96,6 +109,15 @@ class Config(BaseModel):
     # --- presynapse connectivity ---
     include_ambiguous: bool = Field(False, description="group synapses whose pre/post decision was ambiguous too")
     n_permutations: int = Field(1000, ge=10, le=100000, description="label shuffles for the same-axon permutation test")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_lengths(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                if why := long_text(value, shorten(key, 40, escape=True)):
+                    raise ValueError(why)
+        return data
 
     @field_validator("cube_size")
     @classmethod
@@ -181,10 +203,41 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def long_text(value: Any, key: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """Why ``value`` (given for ``key``) is refused for a text longer than ``limit`` characters
+    anywhere in it, its keys or its items; "" when there is none."""
+    stack = [(value, key, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str) and len(item) > limit:
+            return (
+                f"parameter '{where}' holds a text of {len(item):,} characters, more than {limit:,}: "
+                "paths and names are far shorter, check the value"
+            )
+        if depth >= MAX_DEPTH:
+            continue
+        if isinstance(item, Mapping):
+            for k, v in item.items():
+                stack.append((k, where, depth + 1))
+                stack.append((v, f"{where}.{shorten(k, 40, escape=True)}", depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+    return ""
+
+
 def make_config(values: Mapping[str, Any] | None = None, source: str = "parameters") -> Config:
-    """Validate a flat mapping into a :class:`Config`; errors name every bad key."""
+    """Validate a flat mapping into a :class:`Config`; errors name the bad keys (the first few)."""
+    values = {} if values is None else values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source} must hold a mapping of parameter: value, not {type(values).__name__}")
+    names = [k for k in values if not isinstance(k, str)]
+    if names:
+        raise ConfigError(
+            f"invalid parameters in {source}: {shorten(repr(names[0]))} ({type(names[0]).__name__}) "
+            "is not a parameter name; names are text such as 'alpha'"
+        )
     try:
-        return Config(**dict(values or {}))
+        return Config.model_validate(dict(values))
     except ValidationError as exc:
         raise ConfigError(
             format_validation_error(
@@ -193,17 +246,157 @@ def make_config(values: Mapping[str, Any] | None = None, source: str = "paramete
         ) from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with a clear error for a missing or malformed file."""
+# --------------------------------------------------------------------------------------
+# parameter files
+# --------------------------------------------------------------------------------------
+class _Refused(Exception):
+    """A parameter file uses something parameter files may not; the message says what."""
+
+
+_YAML_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml parses about ten times faster
+
+
+class _ParameterLoader(_YAML_BASE):  # type: ignore[misc, valid-type]
+    """Safe YAML with the limits of a parameter file: no aliases (a few lines of anchors and
+    aliases expand to gigabytes), no duplicate keys, bounded nesting and text length."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return self.construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a list or mapping as a key is reported by the constructor
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                lines = f"lines {seen[key]} and {line}" if seen[key] != line else f"both on line {line}"
+                raise _Refused(f"key {shorten(repr(key))} is given twice ({lines}): keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse aliases, deep nesting, long texts and too many keys or values before anything is
+    built from the nodes (iteratively, so a deep file cannot exhaust the stack)."""
+    if isinstance(root, yaml.MappingNode) and len(root.value) > MAX_KEYS:
+        raise _Refused(
+            f"it has {len(root.value):,} top-level keys; a parameter file has one per parameter "
+            f"(about {len(Config.model_fields)}, at most {MAX_KEYS}): check that it is a parameter file"
+        )
+    seen: set[int] = set()
+    # (node, depth, parent entry, label): the dotted path is spelled out only for a message
+    stack: list[tuple[yaml.Node, int, tuple | None, Any]] = [(root, 0, None, None)]
+    while stack:
+        entry = stack.pop()
+        node, depth = entry[0], entry[1]
+        if id(node) in seen:
+            raise _Refused(
+                f"'{_node_path(entry)}' repeats the value anchored on line {node.start_mark.line + 1} (a YAML alias "
+                "*name): anchors and aliases are not allowed in parameter files, write the values out"
+            )
+        seen.add(id(node))
+        if len(seen) > MAX_VALUES:
+            raise _Refused(
+                f"it holds more than {MAX_VALUES:,} values; a parameter file holds a few dozen: check that it is a parameter file"
+            )
+        if depth > MAX_DEPTH:
+            raise _Refused(
+                f"values nest more than {MAX_DEPTH} levels deep (at '{_node_path(entry)}'): "
+                "a parameter file is 'parameter: value' lines"
+            )
+        if isinstance(node, yaml.ScalarNode):
+            if len(node.value) > MAX_TEXT_CHARS:
+                raise _Refused(
+                    f"'{_node_path(entry) or 'the document'}' (line {node.start_mark.line + 1}) holds a text of "
+                    f"{len(node.value):,} characters, more than {MAX_TEXT_CHARS:,}: paths and names are far shorter, check the value"
+                )
+        elif isinstance(node, yaml.SequenceNode):
+            # pushed in reverse: the first problem in reading order is the one reported
+            stack.extend((item, depth + 1, entry, i) for i, item in reversed(list(enumerate(node.value))))
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in reversed(node.value):
+                stack.append((value, depth + 1, entry, key))
+                stack.append((key, depth + 1, entry, key))
+
+
+def _node_path(entry: tuple) -> str:
+    """The dotted path (``grid.alpha[2]``) of a stack entry of :func:`_check_nodes`."""
+    parts: list[str] = []
+    while entry is not None and entry[2] is not None:
+        label = entry[3]
+        if isinstance(label, int):
+            parts.append(f"[{label}]")
+        else:
+            name = shorten(label.value, 40, escape=True) if isinstance(label, yaml.ScalarNode) else "?"
+            parts.append(f".{name}")
+        entry = entry[2]
+    return "".join(reversed(parts)).removeprefix(".")
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """A YAML error on one line: what is wrong and where (line, column)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        return f"unacceptable character #x{exc.character:04x} on line {line} ({shorten(exc.reason, 100)})"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    words = [w for w in (getattr(exc, "context", None), getattr(exc, "problem", None)) if w]
+    text = shorten(" ".join(words) if words else str(exc), 200)
+    return f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else text
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse the YAML ``text`` of ``source`` with the limits of a parameter file; a one-line
+    :class:`ConfigError` naming ``source`` for anything refused or malformed."""
+    try:
+        return yaml.load(text, Loader=_ParameterLoader)  # a SafeLoader (or CSafeLoader) subclass
+    except _Refused as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(exc, text)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: values nest too deeply; a parameter file is 'parameter: value' lines") from None
+
+
+def read_text(path: str | Path, what: str = "parameter file", limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of a small file; a one-line :class:`ConfigError` naming the file when it
+    is missing, larger than ``limit`` bytes, unreadable or not UTF-8."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"parameter file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        with path.open("rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise ConfigError(
+            f"{path} is larger than {limit:,} bytes, and a {what} is a few hundred: check that it is the right file"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}): save it as UTF-8") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a parameter file (a YAML mapping); a one-line :class:`ConfigError` naming the file
+    when it is missing, too large, not UTF-8, empty, malformed, or uses what parameter files
+    may not (aliases, duplicate keys, very long texts, deep nesting)."""
+    path = Path(path)
+    data = parse_yaml(read_text(path), str(path))
+    if data is None:
+        raise ConfigError(f"{path} is empty: write one 'parameter: value' per line (or '{{}}' to run on the defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of parameter: value, not {type(data).__name__}")
+    names = [k for k in data if not isinstance(k, str)]
+    if names:
+        raise ConfigError(f"{path}: top-level key {shorten(repr(names[0]))} is not a parameter name; names are text such as 'alpha'")
     return data
 
 

@@ -17,6 +17,14 @@ from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 _BBOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Longest name :func:`validate_name` accepts (file systems refuse longer folder names).
+MAX_NAME_CHARS = 255
+#: Problems an error message names one by one; the rest are counted.
+MAX_PROBLEMS = 5
+#: Characters of a user's value or key quoted in a message.
+QUOTE_CHARS = 80
+#: Everything ``str.splitlines`` breaks a line at, with the blanks around it.
+_LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
 #: What pydantic puts in front of the message of a ``ValueError`` raised by a validator.
 _VALUE_ERROR_PREFIX = "Value error, "
 
@@ -29,9 +37,34 @@ def validate_name(name: str, what: str = "bbox name") -> str:
     """Reject names that would escape their folder when used as a path component."""
     if not isinstance(name, str) or not _BBOX_NAME.match(name) or ".." in name:
         raise DataError(
-            f"invalid {what} {name!r}: use letters, digits, '_', '-' or '.' only (it is used as a folder name)"
+            f"invalid {what} {shorten(repr(name))}: use letters, digits, '_', '-' or '.' only (it is used as a folder name)"
         )
+    if len(name) > MAX_NAME_CHARS:
+        raise DataError(f"invalid {what} {shorten(repr(name))}: {len(name)} characters, at most {MAX_NAME_CHARS} (it is used as a folder name)")
     return name
+
+
+def shorten(text: Any, limit: int = QUOTE_CHARS, escape: bool = False) -> str:
+    """``text`` on one line, cut to ``limit`` characters (``...`` and the full length mark a cut).
+
+    Line breaks become blanks; with ``escape`` (for a user's key or name) every character that
+    is not printable is shown as its escape instead (``\\n``, ``\\x85``).
+    """
+    raw = str(text)
+    head = raw[: 2 * limit]
+    if escape and not head.isprintable():
+        head = repr(head)[1:-1]
+    head = _LINE_BREAKS.sub(" ", head).strip()
+    if len(raw) <= limit:
+        return head
+    return f"{head[:limit]}... ({len(raw):,} characters)"
+
+
+def bounded(lines: list[str], limit: int = MAX_PROBLEMS, what: str = "problem(s)") -> list[str]:
+    """The first ``limit`` of ``lines`` and, when there are more, a line counting the rest."""
+    if len(lines) <= limit:
+        return list(lines)
+    return [*lines[:limit], f"... and {len(lines) - limit:,} more {what}"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +88,13 @@ class Problem:
     def line(self, noun: str = "parameter", unknown_hint: str = "") -> str:
         """The problem as one line naming the key, e.g. ``parameter 'alpha': ... (got 2.0)``."""
         if not self.key:
-            return self.message
+            return shorten(self.message, 4 * QUOTE_CHARS)
+        key = shorten(self.key, escape=True)
         if self.kind == "extra_forbidden":
-            return f"unknown {noun} '{self.key}'" + (f"; {unknown_hint}" if unknown_hint else "")
+            return f"unknown {noun} '{key}'" + (f"; {unknown_hint}" if unknown_hint else "")
         if self.kind == "missing":
-            return f"missing {noun} '{self.key}'"
-        return f"{noun} '{self.key}': {self.message} (got {self.value!r})"
+            return f"missing {noun} '{key}'"
+        return f"{noun} '{key}': {shorten(self.message, 4 * QUOTE_CHARS)} (got {shorten(repr(self.value))})"
 
 
 def validation_problems(exc: ValidationError) -> list[Problem]:
@@ -79,8 +113,13 @@ def validation_problems(exc: ValidationError) -> list[Problem]:
 def format_validation_error(exc: ValidationError, heading: str, noun: str = "parameter", unknown_hint: str = "") -> str:
     """``heading:`` followed by one indented line per problem of ``exc`` (see :meth:`Problem.line`).
 
-    ``noun`` is what the keys are called ("parameter", "key"); ``unknown_hint`` follows the
-    name of an unknown key and tells where the valid keys are listed.
+    Bad values come before unknown keys; the first :data:`MAX_PROBLEMS` are named and the
+    rest counted, so a file with a million bad keys still gives a short message. ``noun`` is
+    what the keys are called ("parameter", "key"); ``unknown_hint`` tells where the valid keys
+    are listed and is given once, after the problems, when a key is unknown.
     """
-    lines = [p.line(noun, unknown_hint) for p in validation_problems(exc)]
+    problems = sorted(validation_problems(exc), key=lambda p: p.kind == "extra_forbidden")
+    lines = bounded([p.line(noun) for p in problems])
+    if unknown_hint and any(p.kind == "extra_forbidden" for p in problems):
+        lines.append(unknown_hint)
     return f"{heading}:\n  " + "\n  ".join(lines)

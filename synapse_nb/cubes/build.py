@@ -38,7 +38,7 @@ from .geometry import (
     valid_mask_from_pads,
 )
 from .morphometry import add_physical_units, morphometrics
-from .prepost import PartnerSides, PrePost, check_sides, decide_pre_post
+from .prepost import PartnerSides, PrePost, check_sides, decide_pre_post, far_side_reasons
 from .rendering import RenderSettings, render
 from .store import CubeSet
 
@@ -90,6 +90,7 @@ def build_synapse(
     windows = LabelWindows.read(seg, mask, label_window(c, geometry, shape))
     sides = PartnerSides(s1, s2, windows.seg_id_at(s1), windows.seg_id_at(s2))
     reasons = check_sides(where, sides, has_seg=seg is not None)
+    reasons += far_side_reasons(where, sides, c, int(geometry.size))
     decision = windows.crop(decision_box(c, int(geometry.size), shape))
     prepost = decide_pre_post(sides, decision, c, ids)
     center, fallback = crop_centre(geometry, c, decision, prepost.pre_id)

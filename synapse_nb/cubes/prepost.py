@@ -8,6 +8,7 @@ The rules (overlap, tie breaking, missing data) are explained in ``docs/cubes.md
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,17 @@ import numpy as np
 from ..core import labels as L
 from .components import closest_component
 from .geometry import LabelWindows, SynapseError, fmt_xyz
+
+logger = logging.getLogger(__name__)
+
+FAR_SIDE_FRACTION = 0.5
+"""A side point farther from the cleft centre than this fraction of the cube edge is flagged.
+
+Half the edge is the radius of the ball that fits in the cleft-centred decision box: such a
+point lies outside the region the pre/post decision and the cube look at in at least one
+direction (320 nm for the default 80-voxel cube at 8 nm). Annotators place side points just
+across the cleft, a few tens of voxels at most, so a point that far more likely names
+another neurite."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +88,32 @@ def check_sides(where: str, sides: PartnerSides, has_seg: bool) -> list[str]:
     for k, sid, s in ((1, id1, s1), (2, id2, s2)):
         if sid == 0 and s is not None and has_seg:
             reasons.append(f"side {k} point {fmt_xyz(s)} lies on background (seg id 0)")
+    return reasons
+
+
+def far_side_reasons(where: str, sides: PartnerSides, cleft: np.ndarray, cube_size: int) -> list[str]:
+    """Reasons (and logged warnings) for side points far from the cleft centre.
+
+    Farther than :data:`FAR_SIDE_FRACTION` of the cube edge (Euclidean, in cube-grid voxels)
+    is suspicious. The point is still used as given: only the synapse is flagged.
+    """
+    limit = FAR_SIDE_FRACTION * float(cube_size)
+    reasons: list[str] = []
+    for k, point in ((1, sides.point1), (2, sides.point2)):
+        if point is None:
+            continue
+        distance = float(np.linalg.norm(np.asarray(point, dtype=float) - np.asarray(cleft, dtype=float)))
+        if distance > limit:
+            reasons.append(
+                f"side {k} point {fmt_xyz(point)} lies {distance:.1f} voxels from the cleft centre "
+                f"(more than half the cube edge, {limit:g}): it may be in another neurite"
+            )
+            logger.warning(
+                "%s: side %d point %s lies %.1f voxels from the cleft centre %s, more than half the cube edge "
+                "(%g); it may name another neurite than this synapse's partner. It is used as given and the "
+                "synapse is flagged ambiguous; check side_%d_coord_1..3 in the synapse table",
+                where, k, fmt_xyz(point), distance, fmt_xyz(cleft), limit, k,
+            )
     return reasons
 
 

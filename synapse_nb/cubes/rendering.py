@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
@@ -67,8 +67,9 @@ class RenderSettings:
     """How a stored cube becomes network input (or a picture): one value, checked once.
 
     x = minmax(raw); outside the mask of ``segmentation_type``: alpha*gray + (1-alpha)*x;
-    then optional 8-bit quantisation, optional second min-max, and the value range
-    ("0_1" or "-1_1"). See docs/architecture.md for where each option comes from.
+    then optional 8-bit quantisation (truncating, ``floor(255 x) / 255``), optional second
+    min-max, and the value range ("0_1" or "-1_1"). See docs/architecture.md for where each
+    option comes from.
     """
 
     segmentation_type: int
@@ -117,6 +118,18 @@ def render(raw: np.ndarray, bits: np.ndarray, settings: RenderSettings) -> np.nd
     return _render_one(raw, bits, settings)
 
 
+def truncate_to_8bit(x: np.ndarray) -> np.ndarray:
+    """``floor(255 x) / 255`` in float32: truncation, as an 8-bit image conversion does.
+
+    ``x`` lies in [0, 1]; 1.0 stays 1.0 and every float32 ``k / 255`` stays itself. Values are
+    held within [0, 255] before the division, so rounding noise can never leave the range.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    levels = np.floor(x * np.float32(255))
+    np.clip(levels, np.float32(0), np.float32(255), out=levels)
+    return levels / np.float32(255)
+
+
 def _render_one(raw: np.ndarray, bits: np.ndarray, s: RenderSettings) -> np.ndarray:
     x = _minmax(raw)
     if s.segmentation_type != 0 and s.alpha != 0.0:
@@ -125,7 +138,7 @@ def _render_one(raw: np.ndarray, bits: np.ndarray, s: RenderSettings) -> np.ndar
         background = a * np.float32(s.gray_value) + (np.float32(1) - a) * x
         x = np.where(m, x, background)
     if s.quantize_8bit:
-        x = np.round(x * np.float32(255)) / np.float32(255)
+        x = truncate_to_8bit(x)
     if s.second_minmax:
         x = _minmax(x)
     if s.input_range == "-1_1":
@@ -136,6 +149,16 @@ def _render_one(raw: np.ndarray, bits: np.ndarray, s: RenderSettings) -> np.ndar
 # --------------------------------------------------------------------------------------
 # the dataset level
 # --------------------------------------------------------------------------------------
+def describe_synapse(row: Mapping[str, object], fallback: str) -> str:
+    """``"bbox b, synapse s, table row n"`` from a cube-table row; ``fallback`` if it names nothing."""
+    parts = []
+    for column, label in ((L.BBOX_COLUMN, "bbox"), (L.NAME_COLUMN, "synapse"), ("table_row", "table row")):
+        value = row.get(column)
+        if value is not None and not (isinstance(value, float) and value != value):
+            parts.append(f"{label} {value}")
+    return ", ".join(parts) if parts else fallback
+
+
 class RenderedView:
     """Lazy rendered network input of a :class:`CubeSet`; rendered batch by batch on indexing."""
 
@@ -177,6 +200,11 @@ class RenderedView:
             raw = np.asarray(self.cubes.raw[rows])
             bits = np.asarray(self.cubes.bits[rows])
         return render(raw, bits, self.settings)
+
+    def synapse_where(self, i: int) -> str:
+        """How messages name the synapse at position ``i`` of this view (bbox, synapse, table row)."""
+        row = int(self.indices[int(i)])
+        return describe_synapse(self.cubes.table.iloc[row].to_dict(), fallback=f"cube set row {row}")
 
     def batches(self, batch_size: int = 16) -> Iterable[np.ndarray]:
         for start in range(0, len(self), batch_size):

@@ -34,16 +34,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core import labels as L
-from .bbox import BboxData
+from ..core.config import ConfigError, parse_yaml, read_text
 from ..core.errors import DataError, format_validation_error, validate_name
+from .bbox import BboxData
 from .tables import read_synapse_table
-from .volumes import FORMATS, open_volume
-from .volumes import needs_resampling
-from .volumes import FORMAT_ALIASES
+from .volumes import FORMAT_ALIASES, FORMATS, needs_resampling, open_volume
 
 logger = logging.getLogger(__name__)
 
@@ -184,11 +182,11 @@ def load_dataset_description(path: str | Path) -> LoadedDescription:
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"dataset description not found: {file}")
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DataError(f"dataset description {file} is not valid YAML: {exc}") from None
+    try:  # the limits of parameter files: UTF-8, size, no aliases, no duplicate keys
+        text = read_text(file, what="dataset description")
+        data = parse_yaml(text, f"dataset description {file}")
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
     if not isinstance(data, dict):
         raise DataError(f"dataset description {file} must hold a mapping (name, voxel_size_nm, bboxes ...), not {type(data).__name__}")
     try:

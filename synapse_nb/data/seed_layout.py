@@ -20,7 +20,7 @@ from natsort import natsorted
 from ..core import labels as L
 from ..core.errors import DataError, validate_name
 from .bbox import BboxData
-from .slices import SliceStack
+from .slices import SLICE_SUFFIXES, SliceStack
 from .tables import read_synapse_table
 
 
@@ -90,8 +90,18 @@ def open_seed_dataset(
 
 
 def discover_bboxes(raw_dir: str | Path) -> list[str]:
-    """Bbox folder names under ``raw_dir`` in natural order."""
+    """Bbox folder names under ``raw_dir`` in natural order; a DataError naming ``raw_dir``
+    when it is missing or holds no bbox folder."""
     root = Path(raw_dir)
     if not root.is_dir():
-        raise DataError(f"raw_dir not found: {root}")
-    return natsorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"raw_dir not found: {root}" if not root.exists() else f"raw_dir {root} is a file, not a folder")
+    names = natsorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if names:
+        return names
+    layout = f"{root / 'bbox1' / 'slice_000.tif'}, {root / 'bbox2' / 'slice_000.tif'} ..."
+    if any(p.is_file() and p.suffix.lower() in SLICE_SUFFIXES for p in root.iterdir()):
+        raise DataError(
+            f"raw_dir {root} holds slices but no bbox folder: it looks like one bbox folder itself; "
+            f"set raw_dir to {root.parent} (the layout is {layout})"
+        )
+    raise DataError(f"raw_dir {root} holds no bbox folder: put one folder of raw slices per bbox in it ({layout})")

@@ -8,6 +8,7 @@ raw slices become luma gray; multi-channel label slices keep their first channel
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import tifffile
 from natsort import natsorted
 
 from ..core.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -37,14 +40,35 @@ class _TiffLayout:
     file_size: int
 
 
+def _contiguous_offset(page) -> int | None:
+    """File offset of a page's pixels if they are stored uncompressed in one run, else None.
+
+    ``TiffPage.is_contiguous`` was an ``(offset, bytecount)`` tuple in old tifffile versions
+    and is a bool in current ones (the offset is then ``dataoffsets[0]``); both are handled.
+    """
+    contiguous = page.is_contiguous
+    if not contiguous:
+        return None
+    if isinstance(contiguous, tuple):
+        return int(contiguous[0])
+    offsets = page.dataoffsets
+    return int(offsets[0]) if len(offsets) else None
+
+
 def _tiff_layout(path: Path) -> _TiffLayout | None:
+    """The layout of a one-page TIFF whose pixels can be mapped as they are, else None."""
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages.first
-        if not page.is_contiguous or len(tif.pages) != 1:
+        if len(tif.pages) != 1:
             return None
-        offset, _ = page.is_contiguous
+        page = tif.pages.first
+        # is_final: also no predictor, bit fill order or subsampling that mapping would ignore
+        if page.dtype is None or not getattr(page, "is_final", True):
+            return None
+        offset = _contiguous_offset(page)
+        if offset is None:
+            return None
         dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
-        return _TiffLayout(int(offset), tuple(page.shape), dtype, path.stat().st_size)
+        return _TiffLayout(offset, tuple(int(n) for n in page.shape), dtype, path.stat().st_size)
 
 
 def _read_slice(path: Path, kind: str, layout: _TiffLayout | None = None) -> np.ndarray:
@@ -95,18 +119,33 @@ class SliceStack:
         if not self.files:
             raise DataError(f"no .tif/.tiff/.png slices in {self.folder}")
         first = _read_slice(self.files[0], kind)
-        self._layout = None
-        if self.files[0].suffix.lower() in (".tif", ".tiff"):
-            try:
-                self._layout = _tiff_layout(self.files[0])
-            except Exception:  # noqa: BLE001 - fall back to per-slice parsing
-                self._layout = None
+        self._layout = self._fast_layout(first)
         self._plane_shape = first.shape
         self.dtype = first.dtype
         self.shape = (len(self.files), *first.shape)
         self._slice = functools.lru_cache(maxsize=cache_slices)(self._load)
 
     ndim = 3
+
+    def _fast_layout(self, first: np.ndarray) -> _TiffLayout | None:
+        """The first slice's TIFF layout, used to map its siblings directly; None if unusable.
+
+        It is only trusted when mapping the first slice with it gives exactly ``first``.
+        """
+        path = self.files[0]
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            return None
+        try:
+            layout = _tiff_layout(path)
+            if layout is None:
+                return None
+            if np.array_equal(_read_slice(path, self.kind, layout), first):
+                return layout
+            logger.warning("%s: mapping its pixels directly does not match tifffile; reading slices the slow way", path)
+        except Exception as exc:  # noqa: BLE001 - the slow path still works; say why it is taken
+            logger.warning("%s: fast slice reading unavailable (%s: %s); reading slices the slow way",
+                           path, type(exc).__name__, exc)
+        return None
 
     def clear_cache(self) -> None:
         """Forget opened slices (call when done with a bbox to release its mappings)."""

@@ -25,13 +25,17 @@ import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
+from ..core.errors import DataError
 from ..core.layers import HEAD_LINEAR_INDICES
 from .vgg3d import VGG3D, init_random
 
 
 # --------------------------------------------------------------------------- checkpoints
-class CheckpointError(ValueError):
-    """A weights file that cannot be used as it is (wrong keys, shapes or content)."""
+class CheckpointError(DataError):
+    """A weights file that cannot be used as it is (wrong keys, shapes or content).
+
+    A :class:`DataError` (and so a ``ValueError``): bad input, reported in one line.
+    """
 
 
 @dataclass(frozen=True)
@@ -79,16 +83,20 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(_missing_file_message(path))
+    _check_file_kind(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} could not be loaded with weights_only=True (safe mode): {exc}. The file must "
+            f"{path} could not be loaded with weights_only=True (safe mode): {_one_line(exc)}. The file must "
             "be a plain state dict (or a dict holding one under 'model_state_dict'); whole "
             "pickled models or custom objects are refused on purpose."
         ) from exc
-    except Exception as exc:  # corrupt / not a torch file
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    except Exception as exc:  # corrupt / truncated torch file
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {_one_line(exc)}); "
+            "the file may be truncated or damaged: download it again or use another one"
+        ) from exc
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
@@ -106,7 +114,77 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         if key.startswith(_DP_PREFIX):
             key = key[len(_DP_PREFIX):]
         state[key] = value
+    check_finite(state, str(path))
     return state
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_MAGIC = b"\x80"  # legacy torch.save format: a pickle (protocol >= 2)
+_FINITE_CHUNK = 1 << 24  # elements checked at a time, so a 100M-element head needs no 100 MB mask
+
+
+def _one_line(exc: BaseException) -> str:
+    """The gist of an exception in one line (torch's messages run over many lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return repr(exc)
+    for ln in lines:  # torch's weights_only refusal puts the reason on this line
+        if ln.startswith("WeightsUnpickler error"):
+            return ln
+    return lines[0]
+
+
+def _check_file_kind(path: Path) -> None:
+    """Refuse, in one line, files that cannot be a torch checkpoint: empty, text, HTML."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}; check its permissions") from exc
+    if not head:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes), not a torch checkpoint; the download or copy probably failed: "
+            "fetch the HemiBrain checkpoint again"
+        )
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
+        return
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in text:
+        what = "an HTML page (a download link saved by a browser?)"
+    elif text.startswith(b"version https://git-lfs"):
+        what = "a Git LFS pointer (a text file; run 'git lfs pull' to fetch the real file)"
+    elif b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            what = "a text file"
+        except UnicodeDecodeError as exc:
+            what = "a text file" if exc.start > len(head) - 4 else "a file of an unknown format"
+    else:
+        what = "a file of an unknown format"
+    raise CheckpointError(
+        f"{path} is not a torch checkpoint: it looks like {what} (size {path.stat().st_size} bytes); "
+        "give the path of the HemiBrain checkpoint file itself (hemibrain_production.checkpoint)"
+    )
+
+
+def check_finite(
+    state: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    advice: str = "the checkpoint is corrupt, use another one",
+) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor that holds NaN or inf.
+
+    Such weights give NaN features, or all-zero ones where the fused convolution + ReLU of the
+    inference trunk turns NaN into 0, which look like a success and crash the reductions
+    downstream; so weights holding them are refused outright.
+    """
+    for key, value in state.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        flat = value.detach().reshape(-1)
+        for start in range(0, flat.numel(), _FINITE_CHUNK):
+            if not bool(torch.isfinite(flat[start : start + _FINITE_CHUNK]).all()):
+                raise CheckpointError(f"{source}: weight {key} holds NaN/inf values; {advice}")
 
 
 def _num_classes_from_state(state: Mapping[str, torch.Tensor]) -> int | None:

@@ -40,7 +40,9 @@ from ..core.layers import (
     layer_downscale,
     validate_layer,
 )
-from .checkpoint import ModelInfo
+from ..core.errors import DataError
+from ..cubes.rendering import describe_synapse
+from .checkpoint import ModelInfo, check_finite
 from .inference import InferenceTrunk, reuse_large_allocations
 from .vgg3d import VGG3D
 
@@ -167,6 +169,7 @@ class FeatureExtractor:
         self.channels = layer_channels(self.upto) if method == "stage_specific" else TRUNK_CHANNELS
         self.dim = feature_dim(pooling, self.channels)
         self.model_info = info
+        _check_trunk_weights(model, self.upto, info)
         if self.precision == "bfloat16":
             isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
             if not _bf16_is_native():
@@ -212,8 +215,30 @@ class FeatureExtractor:
             x = x * 2.0 - 1.0
         return x
 
+    def _check_features(self, cubes: CubeSource, start: int, feats: np.ndarray) -> None:
+        """Refuse NaN/inf features (their cubes were checked finite, so the network is at fault)."""
+        bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        if bad.size == 0:
+            return
+        i = start + int(bad[0])
+        name_of = getattr(cubes, "synapse_where", None)
+        where = name_of(i) if callable(name_of) else f"cube {i} (row {i} of the input)"
+        hint = (
+            "bfloat16 overflowed: extract with precision='float32'"
+            if self.precision == "bfloat16"
+            else "check the weights (load the checkpoint again with build_model) and the cube"
+        )
+        raise DataError(
+            f"features of {where} are NaN/inf ({bad.size} synapse(s) of cubes[{start}:{start + len(feats)}]); "
+            f"its input cube is finite, so the network produced them: {hint}"
+        )
+
     def __call__(self, cubes: CubeSource) -> np.ndarray:
-        """Features (N, D) float32, in the order of ``cubes``."""
+        """Features (N, D) float32, in the order of ``cubes``.
+
+        Raises :class:`~synapse_nb.core.errors.DataError` naming the first synapse whose
+        features are NaN or infinite (by bbox and name when ``cubes`` is the cube store's view).
+        """
         n = len(cubes)
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
@@ -236,7 +261,9 @@ class FeatureExtractor:
                     if k + 1 < len(starts):
                         pending = read(starts[k + 1])
                     act = self.trunk(x)
-                    out[start : start + len(x)] = pool_features(act, self.pooling).numpy()
+                    feats = pool_features(act, self.pooling).numpy()
+                    self._check_features(cubes, start, feats)
+                    out[start : start + len(x)] = feats
                     bar.update(len(x))
         finally:
             torch.set_num_threads(prev_threads)
@@ -246,6 +273,19 @@ class FeatureExtractor:
             n, self.dim, self.last_seconds, n / max(self.last_seconds, 1e-9), self.describe(),
         )
         return out
+
+
+def _check_trunk_weights(model: VGG3D, upto: int, info: ModelInfo | None) -> None:
+    """Refuse NaN/inf in the trunk modules the extraction runs (``features.0`` .. ``features.upto``).
+
+    The fused convolution + ReLU turns NaN activations into 0, so broken weights would give
+    all-zero features that look fine; checkpoints are checked on load, this catches weights
+    changed afterwards.
+    """
+    used = {f"features.{k}" for k in range(upto + 1)}
+    state = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] in used}
+    source = info.source if info is not None and info.pretrained else "the model"
+    check_finite(state, source, advice="the weights are corrupt: build the model again with build_model")
 
 
 # --------------------------------------------------------------------------- tables / files
@@ -270,6 +310,16 @@ def features_frame(features: np.ndarray, metadata: pd.DataFrame) -> pd.DataFrame
         raise ValueError(f"features must be 2-D (N, D), got shape {features.shape}")
     if len(metadata) != len(features):
         raise ValueError(f"{len(features)} feature rows but {len(metadata)} metadata rows")
+    if np.issubdtype(features.dtype, np.number):
+        bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            where = describe_synapse(metadata.iloc[i].to_dict(), fallback=f"row {i}")
+            raise DataError(
+                f"features of {where} (row {i}; {bad.size} of {len(features)} rows) are NaN/inf; "
+                "they would break the reductions: extract them again with sound weights (build_model refuses "
+                "corrupt checkpoints) or leave these synapses out"
+            )
     # keep a named index (e.g. synapse_id) as a column; drop an anonymous positional one
     meta = metadata.reset_index(drop=all(name is None for name in metadata.index.names))
     clash = feature_columns(meta)

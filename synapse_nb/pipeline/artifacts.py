@@ -50,6 +50,10 @@ LOG = _a("log", "run.log", "text", RUNNER, "everything the package logged during
 STATUS = _a("status", "status.json", "json", RUNNER, "overall and per-step state (running, ok, failed, stopped)")
 NOTEBOOK = _a("notebook", "notebooks/{step}.ipynb", "ipynb", "{step}", "the executed notebook of a step")
 HTML = _a("html", "html/{step}.html", "html", "{step}", "a step's notebook exported to offline HTML")
+ATTEMPT_HTML = _a("attempt_html", "html/{step}.{state}.html", "html", "{step}",
+                  "the page of a failed, stopped or interrupted attempt, kept beside the earlier good report")
+ATTEMPT_NOTEBOOK = _a("attempt_notebook", "notebooks/{step}.{state}.ipynb", "ipynb", "{step}",
+                      "the executed notebook of such an attempt")
 CACHE_RECORD = _a("cache_record", "cache.json", "json", "01_load", "which cached stages were reused (hit) or computed")
 
 # --- 01_load

@@ -97,6 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, RunnerError) as exc:
         logger.error("%s", exc)
         return 2
+    except OSError as exc:  # a file or folder the system refused: one line naming it
+        where = f": {exc.filename}" if exc.filename else ""
+        logger.error("%s%s", exc.strerror or exc, where)
+        return 2
+    except KeyboardInterrupt:  # the runner has marked the run interrupted; it can be resumed
+        logger.error("interrupted; resume with --run-dir <run> --from <step>")
+        return 130
 
 
 if __name__ == "__main__":

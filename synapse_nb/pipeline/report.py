@@ -36,11 +36,17 @@ def export_html(notebook: str | Path, html_path: str | Path, strict: bool = True
     """Write ``notebook`` as HTML without code cells that opens offline.
 
     With ``strict`` an output that nbconvert would silently drop (e.g. a plotly figure with
-    only its mime bundle) is an error instead of a report with a hole in it.
+    only its mime bundle) is an error instead of a report with a hole in it. The page is
+    written to a temporary name and renamed when complete, so an existing report is replaced
+    only by a whole new one; an unreadable notebook is a one-line :class:`ReportError`.
     """
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(str(notebook), as_version=4)
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except (OSError, ValueError, nbformat.ValidationError) as exc:  # NotJSONError is a ValueError
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ReportError(f"cannot read the executed notebook {notebook} ({reason}); run its step again") from None
     exporter = HTMLExporter(
         template_name=TEMPLATE_NAME,
         extra_template_basedirs=[str(TEMPLATES_DIR)],

@@ -140,7 +140,11 @@ class Run:
 
 
 def new_run(root: str | Path = RUNS_ROOT, now: datetime | None = None) -> Run:
-    """Create ``root/run_YYYYMMDD_HHMMSS`` (with a suffix if that second is taken)."""
+    """Create ``root/run_YYYYMMDD_HHMMSS`` (with a suffix if that second is taken).
+
+    A folder that cannot be written (read-only, full disk) is a :class:`RunError` naming it,
+    not a traceback in the first notebook.
+    """
     root = Path(root)
     stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
     path = root / f"{RUN_PREFIX}{stamp}"
@@ -148,7 +152,13 @@ def new_run(root: str | Path = RUNS_ROOT, now: datetime | None = None) -> Run:
     while path.exists():
         n += 1
         path = root / f"{RUN_PREFIX}{stamp}_{n}"
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise RunError(
+            f"cannot create a run directory in {root}: {why}; make {root} writable or choose another folder (--run-dir / run_dir)"
+        ) from None
     return Run(path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -51,7 +52,7 @@ from ..features.extract import (
 from ..features.vgg3d import VGG3D
 from . import artifacts as A
 from . import cache
-from .runs import Run
+from .runs import Run, RunError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,16 @@ def build(bboxes: Sequence[BboxData], cfg: Config, run: Run, progress: bool = Tr
 
 
 def load_cubes(run: Run) -> CubeSet:
-    """The cubes 01_load stored in ``run``."""
+    """The cubes 01_load stored in ``run``; when they lived in a cache entry that is gone, the
+    error says so."""
+    link = run.cubes_dir
+    if link.is_symlink() and not link.exists():
+        target = Path(os.path.normpath(link.parent / os.readlink(link)))
+        entry = target.parent if target.name == cache.entry_data(target.parent).name else target
+        raise RunError(
+            f"the cubes of run {run.path} lived in the cache entry {entry}, which no longer exists "
+            "(the cache was moved or cleared): rerun 01_load for this run"
+        )
     return CubeSet.load(run.require(A.CUBES))
 
 
@@ -160,11 +170,18 @@ def _load_features(folder: Path) -> FeatureResult:
 
 
 def extract(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config, run: Run) -> FeatureResult:
-    """02_extract: :func:`compute_features`, or the cached result when every parameter that decides the
-    features (and the cubes) is unchanged."""
+    """02_extract: :func:`compute_features`, or the cached result when the run's cubes (the cache
+    entry they are, or their files) and every extraction parameter are unchanged. The cube
+    parameters of ``cfg`` play no part: 02_extract is not given them, the run's cubes decide."""
+    upstream = None
+    if cfg.cache_dir:
+        if not run.cubes_dir.exists():  # nothing on disk identifies these cubes: no reuse
+            logger.info("run %s holds no cubes of 01_load: features are computed without the cache", run.path)
+            return compute_features(cubes, model, info, cfg)
+        upstream = {"cubes": cache.stored_identity(run.cubes_dir)}
     result, _ = cache.reuse_or_compute(
         run, cfg, "features", compute=lambda: compute_features(cubes, model, info, cfg),
-        store=_store_features, load=_load_features,
+        store=_store_features, load=_load_features, upstream=upstream,
     )
     return result
 
@@ -335,7 +352,7 @@ def save_attention(run: Run, result: X.AttentionResult, overlap: pd.DataFrame, s
 def analyze_presynapse(run: Run, cfg: Config, within_bbox: bool = True) -> PresynapseAnalysis:
     """06_presynapse: :func:`analyze` on the run's features (02), embeddings (03), clusters (04)
     and the synapse table stored with the cubes (01)."""
-    cube_table = pd.read_parquet(run.require(A.CUBES) / "table.parquet")
+    cube_table = load_cubes(run).table
     return analyze(run.read(A.FEATURES), run.read(A.EMBEDDINGS), run.read(A.CLUSTERS), cube_table,
                    include_ambiguous=cfg.include_ambiguous, n_permutations=cfg.n_permutations, seed=cfg.seed,
                    within_bbox=within_bbox, class_column=cfg.class_column)

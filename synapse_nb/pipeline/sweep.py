@@ -1,13 +1,20 @@
 """Parameter sweeps: a base parameter set and a grid, every combination run (README, "Sweeps").
 
-Each combination gets its own run directory named from its parameters inside the sweep
-directory. A failing combination is recorded and the others go on; a combination whose run
-finished is not run again when the sweep is resumed; cubes and features shared between
-combinations come from the cache (synapse_nb.pipeline.cache), so a segmentation-type x alpha sweep
-builds its cubes once.
+Each combination gets its own run directory inside the sweep directory, named from its grid
+values plus a short hash of them (so two combinations never share a folder). A failing
+combination is recorded and the others go on. Resuming a sweep keeps a combination whose run
+finished with the parameters the sweep resolves to now; one whose parameters changed (the
+``base`` was edited) runs again, its earlier run moved aside to ``.superseded/``. Cubes and
+features shared between combinations come from the cache (synapse_nb.pipeline.cache), so a
+segmentation-type x alpha sweep builds its cubes once.
+
+A new sweep directory is created exclusively (a suffix when the second is taken) and a
+running sweep holds a lock on its directory, so two sweeps never write into one folder.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import itertools
 import json
 import logging
@@ -22,9 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+import yaml
 
 from ..core import atomic
 from ..core import config as C
+from ..core.errors import validate_name
 from ..core.progress_bars import progress
 from . import artifacts as A
 from .report import html_pages, sweep_index
@@ -46,7 +55,11 @@ STATUS_NAME = "status.json"
 SUMMARY_NAME = "summary.csv"
 SWEEP_FILE_NAME = "sweep.yaml"
 LOG_NAME = "sweep.log"
+LOCK_NAME = ".sweep.lock"  # held (flock) while a sweep runs in the folder
+SUPERSEDED_DIR = ".superseded"  # earlier runs of combinations whose parameters changed
 SWEEP_KEYS = ("base", "grid")
+HASH_CHARS = 8
+READABLE_MAX = 80  # characters of the readable part of a combination's folder name
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,11 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise C.ConfigError(f"{path}: grid key '{key}' must be a non-empty list of values")
+        seen = set()
+        for value in values:
+            if (canonical := _canonical(value)) in seen:
+                raise C.ConfigError(f"{path}: grid key '{key}' lists {value!r} twice; remove the duplicate")
+            seen.add(canonical)
     return {"base": base, "grid": grid}
 
 
@@ -76,9 +94,27 @@ def _token(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
 
 
+def _canonical(value: Any) -> str:
+    """One text per value: key order does not matter, ``1``, ``1.0``, ``"1"`` and ``true`` differ."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def combination_hash(params: Mapping[str, Any]) -> str:
+    """The first :data:`HASH_CHARS` hex digits of sha256 of the grid values' canonical JSON."""
+    return hashlib.sha256(_canonical(dict(params)).encode("utf-8")).hexdigest()[:HASH_CHARS]
+
+
 def combination_name(params: Mapping[str, Any]) -> str:
-    """A folder name from the grid values, e.g. ``segmentation_type5__alpha0_5``."""
-    return "__".join(f"{k}{_token(v)}" for k, v in params.items()) or "base"
+    """A folder name from the grid values and their hash, e.g. ``segmentation_type5__alpha0_5-1f3a9c2e``.
+
+    The readable part may be the same for different values (``em.v1`` and ``em_v1``) and is
+    cut at :data:`READABLE_MAX` characters; the hash keeps every combination's folder its own.
+    """
+    readable = "__".join(f"{_token(k)}{_token(v)}" for k, v in params.items()) or "base"
+    readable = readable[:READABLE_MAX].rstrip("_-")
+    if not readable[:1].isalnum():
+        readable = f"c{readable}"
+    return validate_name(f"{readable}-{combination_hash(params)}", what="combination folder name")
 
 
 def expand(spec: Mapping[str, Any]) -> list[Combination]:
@@ -89,22 +125,73 @@ def expand(spec: Mapping[str, Any]) -> list[Combination]:
     for values in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, values))
         combos.append(Combination(combination_name(params), params, {**spec["base"], **params}))
+    names = [c.name for c in combos]
+    if len(set(names)) != len(names):  # a hash collision: never seen, but never share a folder
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise C.ConfigError(f"sweep grid: combinations {twice} get the same folder name; change one of their values")
     return combos
 
 
-def validate(combos: list[Combination], steps: list[str], source: str) -> None:
-    """Check every combination before anything runs; errors name the key and the combination."""
+def validate(combos: list[Combination], steps: list[str], source: str) -> dict[str, tuple[C.Config, dict[str, Any]]]:
+    """Check every combination before anything runs; errors name the key and the combination.
+
+    Returns per combination name what it resolves to: the validated ``Config`` and the
+    notebook-only (display) parameters it sets.
+    """
+    plans = {}
     for combo in combos:
         try:
-            plan_parameters(combo.values, steps, source=f"{source} (combination {combo.name})")
+            cfg, per_step = plan_parameters(combo.values, steps, source=f"{source} (combination {combo.name})")
         except C.ConfigError as exc:
             raise C.ConfigError(str(exc)) from None
+        notebook_only = {k: v for values in per_step.values() for k, v in values.items() if k not in C.Config.model_fields}
+        plans[combo.name] = (cfg, notebook_only)
+    return plans
+
+
+def parameter_changes(run_path: Path, cfg: C.Config, notebook_only: Mapping[str, Any], record: Mapping[str, Any]) -> list[str]:
+    """What differs between a finished run of a combination and what it resolves to now.
+
+    Compares the run's ``params.yaml`` with ``cfg`` (and the display parameters the sweep
+    recorded with it); one entry per changed key, e.g. ``"cube_size: 32 -> 48"``. An empty
+    list means the run is still what the sweep asks for.
+    """
+    run = Run(run_path)
+    if not run.has(A.PARAMS):
+        return [f"{A.PARAMS.path} missing"]
+    try:
+        before = run.read(A.PARAMS)
+    except (yaml.YAMLError, OSError) as exc:
+        return [f"{A.PARAMS.path} unreadable ({type(exc).__name__})"]
+    now = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # as the runner writes it
+    if not isinstance(before, dict):
+        return [f"{A.PARAMS.path} is not a mapping"]
+    changes = _differences(before, now)
+    recorded = record.get("notebook_parameters")
+    if isinstance(recorded, dict):
+        changes += _differences(recorded, notebook_only)
+    return changes
+
+
+def _differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    def show(values: Mapping[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "unset"
+
+    return [f"{k}: {show(before, k)} -> {show(now, k)}" for k in sorted(set(before) | set(now))
+            if k not in before or k not in now or before[k] != now[k]]
 
 
 def _status(run_path: Path) -> dict[str, Any]:
-    """The status record of one combination's run (empty before it ran)."""
+    """The status record of one combination's run (empty before it ran, or when unreadable)."""
     run = Run(run_path)
-    return run.read(A.STATUS) if run.has(A.STATUS) else {}
+    if not run.has(A.STATUS):
+        return {}
+    try:
+        record = run.read(A.STATUS)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        logger.warning("%s unreadable (%s): the combination runs again", run.file(A.STATUS), exc)
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def run_sweep(
@@ -118,10 +205,11 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run every combination; returns the summary table (also written as ``summary.csv``).
 
-    Passing an existing ``sweep_dir`` resumes it: combinations that finished are kept as
-    they are and only the others run. Setting ``stop`` (or the runner's STOP_SIGNAL) stops
-    the running combination cleanly and starts no other; ``status.json`` in the sweep
-    folder says how far it got.
+    Without ``sweep_dir`` a new ``runs_root/sweep_<timestamp>`` is created (never one that
+    exists). Passing an existing ``sweep_dir`` resumes it: combinations that finished with
+    the parameters the spec resolves to now are kept as they are and only the others run.
+    Setting ``stop`` (or the runner's STOP_SIGNAL) stops the running combination cleanly and
+    starts no other; ``status.json`` in the sweep folder says how far it got.
     """
     if stop is None:
         stop = threading.Event()
@@ -130,17 +218,82 @@ def run_sweep(
     return _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop)
 
 
+def new_sweep_dir(runs_root: str | Path, now: datetime | None = None) -> Path:
+    """Create ``runs_root/sweep_YYYYMMDD_HHMMSS`` exclusively (a suffix when that second is taken)."""
+    root = Path(runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    path, n = root / f"{SWEEP_PREFIX}{stamp}", 1
+    while True:
+        try:
+            path.mkdir()  # no exist_ok: another sweep started this second gets its own folder
+            return path
+        except FileExistsError:
+            n += 1
+            path = root / f"{SWEEP_PREFIX}{stamp}_{n}"
+
+
+def _lock_sweep_dir(sweep_dir: Path) -> int:
+    """Hold :data:`LOCK_NAME` in ``sweep_dir`` while the sweep runs; released when the process ends."""
+    fd = os.open(sweep_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunnerError(
+            f"sweep directory {sweep_dir} is in use by another running sweep: wait for it to end or pass another --sweep-dir"
+        ) from None
+    return fd
+
+
+def _supersede(sweep_dir: Path, run_path: Path) -> Path:
+    """Move a combination's earlier run to ``.superseded/<name>_<timestamp>`` (kept, not deleted)."""
+    folder = sweep_dir / SUPERSEDED_DIR
+    folder.mkdir(exist_ok=True)
+    stamp = f"{datetime.now():%Y%m%d_%H%M%S}"
+    target, n = folder / f"{run_path.name}_{stamp}", 1
+    while target.exists():
+        n += 1
+        target = folder / f"{run_path.name}_{stamp}_{n}"
+    os.rename(run_path, target)
+    return target
+
+
 def _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop: threading.Event) -> pd.DataFrame:
     spec = read_spec(spec_path)
     combos = expand(spec)
     steps = select_steps(only, start)
-    validate(combos, steps, str(spec_path))
+    plans = validate(combos, steps, str(spec_path))
     if sweep_dir is None:
-        sweep_dir = Path(runs_root) / f"{SWEEP_PREFIX}{datetime.now():%Y%m%d_%H%M%S}"
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(sweep_dir / SWEEP_FILE_NAME, Path(spec_path).read_text())
-    sweep_log = _attach_sweep_log(sweep_dir)
+        sweep_dir = new_sweep_dir(runs_root)
+    else:  # resume (or a folder the control panel made for this sweep)
+        sweep_dir = Path(sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_sweep_dir(sweep_dir)
+    try:
+        # folders that are there now are this sweep's earlier runs; any other is claimed new
+        present = {p.name for p in sweep_dir.iterdir() if p.is_dir()}
+        atomic.write_text(sweep_dir / SWEEP_FILE_NAME, Path(spec_path).read_text())
+        sweep_log = _attach_sweep_log(sweep_dir)
+        try:
+            rows = _run_combinations(sweep_dir, combos, plans, present, steps, only, start, stop)
+        finally:
+            logging.getLogger("synapse_nb").removeHandler(sweep_log)
+            sweep_log.close()
+        summary = pd.DataFrame(rows)
+        with atomic.atomic_path(sweep_dir / SUMMARY_NAME) as tmp:
+            summary.to_csv(tmp, index=False)
+        sweep_index(sweep_dir, summary, spec)
+        if reports_root is not None:
+            publish_sweep(sweep_dir, Path(reports_root))
+    finally:
+        os.close(lock)
+    return summary
+
+
+def _run_combinations(sweep_dir: Path, combos: list[Combination], plans, present: set[str], steps: list[str],
+                      only, start, stop: threading.Event) -> list[dict[str, Any]]:
+    """Run (or keep) every combination in turn; the summary rows, the sweep's status.json kept current."""
     logger.info("sweep %s: %d combinations x steps %s", sweep_dir, len(combos), ", ".join(steps))
     rows = []
     state = {"kind": "sweep", "status": "running", "combinations": {c.name: "pending" for c in combos},
@@ -152,16 +305,37 @@ def _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop:
             break
         bar.set_postfix_str(combo.name)
         run_path = sweep_dir / combo.name
-        done = _status(run_path)
+        cfg, notebook_only = plans[combo.name]
         state["combinations"][combo.name] = "running"
         _write_sweep_status(sweep_dir, state)
-        if done.get("status") == "ok" and done.get("steps") == steps and "row" in done:
-            logger.info("combination %s finished earlier: kept", combo.name)
-            rows.append({**done["row"], "reused_run": True})
-            state["combinations"][combo.name] = "ok"
-            continue
+        claim = combo.name not in present
+        if not claim:
+            done = _status(run_path)
+            finished = done.get("status") == "ok" and done.get("steps") == steps and "row" in done
+            changes = parameter_changes(run_path, cfg, notebook_only, done) if finished or Run(run_path).has(A.PARAMS) else []
+            if finished and not changes:
+                logger.info("combination %s finished earlier: kept", combo.name)
+                rows.append({**done["row"], "reused_run": True})
+                state["combinations"][combo.name] = "ok"
+                continue
+            if changes:
+                moved = _supersede(sweep_dir, run_path)
+                logger.warning("combination %s: parameters changed since it ran (%s): running it again; the earlier run is kept in %s",
+                               combo.name, "; ".join(changes), moved)
+                claim = True
         t0 = time.perf_counter()
         status, error = "ok", ""
+        try:
+            if claim:
+                run_path.mkdir()  # no exist_ok: a combination's folder is this sweep's alone
+        except FileExistsError:
+            status = "failed"
+            error = f"combination folder {run_path} was created by another process while this sweep ran; left untouched (give each sweep its own folder)"
+            logger.error("combination %s not run: %s", combo.name, error)
+            rows.append({"combination": combo.name, **combo.params, "status": status, "seconds": 0.0, "error": error, "reused_run": False})
+            state["combinations"][combo.name] = status
+            _write_sweep_status(sweep_dir, state)
+            continue
         try:
             run_pipeline(combo.values, run_dir=run_path, reports_root=None, only=only, start=start, stop=stop)
         except RunStopped as exc:
@@ -172,8 +346,9 @@ def _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop:
             logger.error("combination %s failed: %s", combo.name, exc)
         row = {"combination": combo.name, **combo.params, "status": status, "seconds": round(time.perf_counter() - t0, 1), "error": error}
         row.update(run_metrics(run_path))
-        # the runner's per-step record stays; the sweep adds its row (and its verdict)
-        record = {**_status(run_path), "status": status, "steps": steps, "row": row}
+        # the runner's per-step record stays; the sweep adds its row (and its verdict) and the
+        # display parameters (params.yaml has only the pipeline's) so a resume can compare them
+        record = {**_status(run_path), "status": status, "steps": steps, "row": row, "notebook_parameters": notebook_only}
         atomic.write_text(Run(run_path).file(A.STATUS), json.dumps(record, indent=2, default=str))
         rows.append({**row, "reused_run": False})
         state["combinations"][combo.name] = status
@@ -186,16 +361,9 @@ def _run_sweep(spec_path, sweep_dir, runs_root, reports_root, only, start, stop:
     _write_sweep_status(sweep_dir, state)
     if not rows:
         rows.append({"combination": combos[0].name, **combos[0].params, "status": "not run", "seconds": 0.0, "error": "sweep stopped before it started"})
-    summary = pd.DataFrame(rows)
-    logger.info("sweep %s done: %d ok, %d failed", sweep_dir, int((summary["status"] == "ok").sum()), int((summary["status"] != "ok").sum()))
-    logging.getLogger("synapse_nb").removeHandler(sweep_log)
-    sweep_log.close()
-    with atomic.atomic_path(sweep_dir / SUMMARY_NAME) as tmp:
-        summary.to_csv(tmp, index=False)
-    sweep_index(sweep_dir, summary, spec)
-    if reports_root is not None:
-        publish_sweep(sweep_dir, Path(reports_root))
-    return summary
+    ok = sum(r["status"] == "ok" for r in rows)
+    logger.info("sweep %s done: %d ok, %d failed", sweep_dir, ok, len(rows) - ok)
+    return rows
 
 
 def _write_sweep_status(sweep_dir: Path, state: dict[str, Any]) -> None:
@@ -234,18 +402,25 @@ def run_metrics(run_path: Path) -> dict[str, Any]:
 
 
 def publish_sweep(sweep_dir: Path, reports_root: Path) -> Path:
-    """Copy the sweep's index and every combination's HTML under ``reports/<sweep name>/``."""
-    import shutil
+    """Copy the sweep's index and every combination's HTML under ``reports/<sweep name>/``.
 
+    Each page is copied atomically: a failed copy leaves the page published earlier as it was.
+    Earlier runs moved to ``.superseded/`` are not published.
+    """
     target = reports_root / sweep_dir.name
     target.mkdir(parents=True, exist_ok=True)
     for html in sweep_dir.glob("*.html"):
-        shutil.copy2(html, target / html.name)
-    for run_path in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        _copy_atomic(html, target / html.name)
+    for run_path in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         run = Run(run_path)
         for _, rel in html_pages(run):
-            dest = target / run_path.name / rel  # same relative paths, so the index links still work
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run.path / rel, dest)
+            _copy_atomic(run.path / rel, target / run_path.name / rel)  # same relative paths: the index links work
     return target
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    import shutil
+
+    with atomic.atomic_path(dest) as tmp:
+        shutil.copy2(src, tmp)
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from ..core import atomic
 from ..core import config as C
-from ..core.errors import validation_problems
+from ..core.errors import bounded, shorten, validation_problems
 from ..core.notebook import find_project_root
 from ..data.seed_layout import discover_bboxes
 from ..pipeline import runner
@@ -37,6 +37,8 @@ NOTEBOOK_SECTION = "notebook display"
 #: Folders the pipeline writes (need not exist yet); other ``*_dir`` keys are inputs.
 OUTPUT_DIRS = ("cache_dir",)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml$")
+#: Parameter files shipped with the project: Save never replaces them (compared ignoring case).
+SHIPPED_FILES = ("demo.yaml", "ci.yaml", "vnc.yaml", "sweep_segtypes.yaml", "dataset_example.yaml")
 
 
 def message_html(text: str, kind: str = "error") -> str:
@@ -109,6 +111,7 @@ class ConfigForm:
         self._quiet = False
         self._config: C.Config | None = None
         self.source: Path | None = None  # the file last loaded
+        self.skipped_files: dict[str, str] = {}  # file name -> why parameter_files() left it out
         self.set_values(cfg.to_dict() if cfg else {}, extras or {})
         for f in self.fields.values():
             f.widget.observe(self._changed, names="value")
@@ -272,13 +275,19 @@ class ConfigForm:
     def params_dir(self) -> Path:
         return self.parameters_dir
 
-    def save(self, name: str) -> Path:
-        """Write the parameters to ``parameters/<name>`` atomically; nothing is written if invalid."""
+    def save(self, name: str, overwrite: bool = False) -> Path:
+        """Write the parameters to ``parameters/<name>`` atomically; nothing is written if a value
+        is invalid, if the file exists and ``overwrite`` is false, or if it is a shipped file."""
         if not FILE_NAME.match(name or "") or ".." in name:
-            raise C.ConfigError(f"invalid file name {name!r}: use letters, digits, '_', '-', '.' and end in .yaml")
+            raise C.ConfigError(f"invalid file name {shorten(repr(name))}: use letters, digits, '_', '-', '.' and end in .yaml")
+        if name.lower() in SHIPPED_FILES:
+            raise C.ConfigError(f"{name} is shipped with synapse-nb and is never overwritten: save under another name")
         values = self.parameters()
+        target = self.params_dir() / name
+        if target.exists() and not overwrite:
+            raise C.ConfigError(f"{target} exists: tick 'overwrite' to replace it, or choose another name")
         text = "# saved from the control panel (notebooks/00_control_panel.ipynb)\n" + yaml.safe_dump(values, sort_keys=False)
-        return atomic.write_text(self.params_dir() / name, text)
+        return atomic.write_text(target, text)
 
     def load(self, path: str | Path) -> None:
         """Load a flat parameter YAML (a relative name is in parameters/); on any error the form is left as it was."""
@@ -291,7 +300,8 @@ class ConfigForm:
             raise C.ConfigError(f"{path} is a dataset description: put its path in the 'dataset' parameter instead")
         unknown = sorted(k for k in data if k not in C.Config.model_fields and k not in self.extra_meta)
         if unknown:
-            raise C.ConfigError(f"{path}: unknown parameter(s) {unknown}; known: {', '.join([*C.Config.model_fields, *self.extra_meta])}")
+            named = ", ".join(bounded([shorten(repr(k), 60) for k in unknown], what="unknown"))
+            raise C.ConfigError(f"{path}: unknown parameter(s) [{named}]; known: {', '.join([*C.Config.model_fields, *self.extra_meta])}")
         self.set_values(data, source=str(path))  # validates everything before changing a widget
         self.source = path
 
@@ -300,10 +310,24 @@ class ConfigForm:
         self.set_values({})
 
     def parameter_files(self) -> list[str]:
-        """Run parameter files in parameters/ (sweeps and dataset descriptions are left out)."""
+        """Run parameter files in parameters/ (sweeps and dataset descriptions are left out).
+
+        A file with bad YAML or values is listed, so that loading it says what is wrong; one
+        that cannot be read as text at all (not UTF-8, too large) is left out and noted in
+        :attr:`skipped_files`, so one such file never keeps the panel from opening.
+        """
         folder = self.params_dir()
-        out = []
+        out: list[str] = []
+        self.skipped_files = {}
         for p in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:
+            if not p.is_file():
+                continue
+            try:
+                C.read_text(p)
+            except C.ConfigError as exc:
+                logger.warning("parameter file left out of the panel: %s", exc)
+                self.skipped_files[p.name] = str(exc)
+                continue
             try:
                 data = C.read_yaml(p)
             except C.ConfigError:
@@ -342,27 +366,41 @@ class ParameterFiles:
         self.form = form
         self.name = W.Text(value="my_parameters.yaml", description="save as", style=DESC_STYLE, layout=W.Layout(width="360px"))
         self.save_button = W.Button(description="Save", icon="save", button_style="primary")
+        self.overwrite = W.Checkbox(value=False, description="overwrite", indent=False, layout=W.Layout(width="110px"))
+        self.overwrite.add_class("snb-files-overwrite")
         self.choice = W.Dropdown(options=form.parameter_files(), description="load", style=DESC_STYLE, layout=W.Layout(width="360px"))
         self.load_button = W.Button(description="Load", icon="folder-open")
         self.reset_button = W.Button(description="Reset to defaults", icon="undo")
         self.message = W.HTML()
         self.message.add_class("snb-files-message")
+        self.skipped = W.HTML()  # parameter files left out of the load list, and why
+        self.skipped.add_class("snb-files-skipped")
+        self._show_skipped()
         self.save_button.on_click(lambda _: self.save())
         self.load_button.on_click(lambda _: self.load())
         self.reset_button.on_click(lambda _: self.reset())
         self.widget = W.VBox([
-            W.HBox([self.name, self.save_button]),
+            W.HBox([self.name, self.save_button, self.overwrite]),
             W.HBox([self.choice, self.load_button, self.reset_button]),
+            self.skipped,
             self.message,
         ])
 
+    def _show_skipped(self) -> None:
+        notes = [f"{name} left out: {why}" for name, why in self.form.skipped_files.items()]
+        self.skipped.value = message_html("\n".join(bounded(notes, what="file(s) left out")), "warning")
+
     def save(self) -> Path | None:
+        """Save under the name typed; an existing file is replaced only with 'overwrite' ticked
+        (unticked again after each save, so every replacement is asked for)."""
         try:
-            path = self.form.save(self.name.value.strip())
+            path = self.form.save(self.name.value.strip(), overwrite=self.overwrite.value)
         except (C.ConfigError, OSError) as exc:
             self.message.value = message_html(f"not saved: {exc}")
             return None
+        self.overwrite.value = False
         set_options(self.choice, self.form.parameter_files())
+        self._show_skipped()
         self.message.value = message_html(f"saved {path}", "ok")
         return path
 

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 REQUEST_NAME = "panel_request.yaml"
 #: Lines of the command's output shown (the whole log is the run's run.log).
 LOG_LINES = 400
-FINAL_STATES = ("ok", "failed", "stopped")
+FINAL_STATES = ("ok", "failed", "stopped", "interrupted")
 BAR_STYLES = {"ok": "success", "failed": "danger", "stopped": "warning", "running": "info"}
 
 
