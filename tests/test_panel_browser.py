@@ -141,7 +141,7 @@ def test_panel_in_a_real_browser(voila_url, tmp_path):
 
             # another segmentation type in the form changes the image the network would see
             page.get_by_role("tab", name="Parameters").click()
-            page.get_by_text("synapse cubes").click()
+            page.get_by_text("synapse cubes", exact=True).click()
             page.locator(".snb-field-segmentation_type select").select_option(label="1: presynaptic segment")
             page.get_by_role("tab", name="Preview").click()
             page.wait_for_function(
@@ -152,7 +152,7 @@ def test_panel_in_a_real_browser(voila_url, tmp_path):
 
             # a folder that does not exist: a message next to the field and in the preview, no traceback
             page.get_by_role("tab", name="Parameters").click()
-            page.get_by_text("data").click()  # one accordion section is open at a time
+            page.get_by_text("data", exact=True).click()  # one accordion section is open at a time
             page.locator(".snb-field-raw_dir input").fill(str(tmp_path / "no_such_folder"))
             page.wait_for_function("() => document.querySelector('.snb-msg-raw_dir').innerText.includes('folder not found')",
                                    timeout=CHANGE_TIMEOUT_MS)

@@ -79,7 +79,7 @@ class Config(BaseModel):
     layer_num: int = Field(20, ge=0, le=33, description="features module index for stage_specific")
     pooling_method: Literal["avg", "max", "concat_avg_max", "spp"] = Field("avg", description="spatial pooling")
     batch_size: int = Field(1, ge=1, le=512, description="cubes per network batch (1 is fastest on CPU, see benchmarks)")
-    precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 is faster on CPUs that have it")
+    precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16: faster only on CPUs with native bf16 (emulated, ~100x slower, elsewhere); its features differ from float32 by a few % of the spread between synapses, check the clusters with benchmarks/bench_precision.py")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="seed for weights, sampling and embeddings (0 .. 2**32-1)")
     cache_dir: str = Field("runs/cache", description="reuse cubes and features across runs here; empty = no reuse")
 

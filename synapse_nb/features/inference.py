@@ -1,17 +1,10 @@
 """A fast CPU inference trunk for VGG3D (the network that turns a synapse cube into features).
 
-The layout (module indices, channel counts, key names) must match the HemiBrain checkpoint
-exactly, because users load that file by path and refer to layers by index ("layer 20").
-Every number describing the architecture is defined once here and derived elsewhere.
-
-Two design rules come from the seed's failures:
-
-* The classifier head holds ~115 M of the ~117 M parameters but is never needed for
-  features, so it is only built when a checkpoint that contains it is loaded, or when a caller
-  asks for it with ``num_classes=``.
-* A checkpoint that does not fit is an error (:class:`CheckpointError`), never a silent
-  fallback to random weights. Random weights are seeded and labelled as such in
-  :class:`ModelInfo`, so reports can say so.
+Feature extraction never needs gradients, so the trunk is rebuilt for inference only:
+BatchNorm folded into the convolutions, ReLU fused where the CPU kernel allows, channels-last
+activations from the first convolution on, a pairwise max-pool, optional bfloat16, and reuse
+of large allocations between batches (:func:`reuse_large_allocations`). Results equal the
+plain ``VGG3D.forward_features`` to float32 rounding (tests/test_model.py).
 """
 from __future__ import annotations
 
