@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -37,24 +37,37 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, tag: str = "",
+               keep_existing: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to ``target``; on success it replaces ``target`` whole.
 
     A previous ``target`` is moved aside first and removed only once the new folder is in
     place, so readers see the old folder or the new one, never a mix; on error nothing changes.
+    ``tag`` goes into the temporary names (a cache marks them with their owner's pid);
+    ``keep_existing(target)`` true means a folder another process completed meanwhile is kept
+    and the new one dropped (shared caches, where runs may already link to it).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    mark = f"{tag}-" if tag else ""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{mark}", dir=target.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes private folders; results are shared
+        if keep_existing is not None and keep_existing(target):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        if target.exists() or target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{mark}", dir=target.parent))
             old.rmdir()
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if keep_existing is None or not keep_existing(target):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process put its folder in place first
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

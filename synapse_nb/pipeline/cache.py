@@ -26,12 +26,12 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..core import labels as L
+from ..core.atomic import atomic_dir
 from ..core.errors import DataError
 from . import artifacts as A
 
@@ -355,38 +355,10 @@ def _owner_tag() -> str:
 def _write_entry(target: Path, stage: str, store: Callable[[Path], object]) -> None:
     """Store into a temporary folder next to ``target`` and rename it into place with its marker.
     An entry another process completed meanwhile is kept (runs may already link to it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_owner_tag()}-", dir=target.parent))
-    try:
+    with atomic_dir(target, tag=_owner_tag(), keep_existing=lambda t: is_complete(t, stage)) as tmp:
         store(entry_data(tmp))
         marker = {"layout": ENTRY_LAYOUT, "stage": stage, "key": target.name}
         (tmp / ENTRY_MARKER).write_text(json.dumps(marker), encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes private folders; the cache is shared
-        if is_complete(target, stage):
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        old = None
-        if target.exists() or target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{_owner_tag()}-", dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not is_complete(target, stage):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process put the same entry in place first
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _pid_alive(pid: int) -> bool:
