@@ -72,6 +72,12 @@ class Config(BaseModel):
     quantize_8bit: bool = Field(False, description="truncate blended intensities to 8 bits (floor(255 x) / 255, as the original tool did)")
     second_minmax: bool = Field(False, description="min-max the blended cube again")
     input_range: Literal["auto", "0_1", "-1_1"] = Field("auto", description="network input range; auto follows the weights")
+    intensity_normalization: Literal["minmax", "cube", "mask"] = Field(
+        "minmax", description="per-cube intensity scaling before the mask blend: minmax (the original tool's), cube (z-score over the cube) or mask (z-score over the kept mask), so brightness and contrast of a volume do not drive the features"
+    )
+    orient_cubes: bool = Field(
+        False, description="rotate each cube once so the cleft normal lies along z with the presynaptic side at low z (resampled from a larger source window, so no corner is empty)"
+    )
 
     # --- network and extraction ---
     weights_path: str = Field("", description="VGG3D checkpoint; empty = seeded random weights")
@@ -79,18 +85,26 @@ class Config(BaseModel):
     layer_num: int = Field(20, ge=0, le=33, description="features module index for stage_specific")
     pooling_method: Literal["avg", "max", "concat_avg_max", "spp"] = Field("avg", description="spatial pooling")
     batch_size: int = Field(1, ge=1, le=512, description="cubes per network batch (1 is fastest on CPU, see benchmarks)")
+    rotation_averaging: Literal[1, 2, 4] = Field(1, description="average the features over this many 90-degree rotations about the cleft normal (1 = off)")
     precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16: faster only on CPUs with native bf16 (emulated, ~100x slower, elsewhere); its features differ from float32 by a few % of the spread between synapses, check the clusters with benchmarks/bench_precision.py")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="seed for weights, sampling and embeddings (0 .. 2**32-1)")
     cache_dir: str = Field("runs/cache", description="reuse cubes and features across runs here; empty = no reuse")
 
     # --- reduction and clustering ---
+    feature_set: Literal["deep", "descriptors", "hybrid"] = Field(
+        "deep", description="what is clustered: deep (network features), descriptors (morphometric measures of the cubes) or hybrid (both, each block standardised and weighted)"
+    )
+    descriptor_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: share of the total variance given to the descriptor block (the deep block gets the rest)")
     pca_components: int = Field(50, ge=0, description="PCA components before UMAP/t-SNE/clustering; 0 = no PCA")
     n_neighbors: int = Field(15, ge=2, description="UMAP neighbours (capped below the number of synapses)")
     min_dist: float = Field(0.1, ge=0.0, le=1.0, description="UMAP minimum distance")
     umap_metric: Literal["euclidean", "cosine", "correlation", "manhattan"] = Field("euclidean", description="UMAP metric")
     perplexity: float = Field(30.0, gt=0.0, description="t-SNE perplexity (lowered for few synapses)")
     clustering_method: Literal["kmeans", "gmm", "hdbscan", "ward"] = Field("kmeans", description="clustering algorithm")
-    n_clusters: int = Field(0, ge=0, description="number of clusters; 0 = choose (silhouette, BIC for gmm)")
+    n_clusters: int = Field(0, ge=0, description="number of clusters; 0 = choose with k_selection")
+    k_selection: Literal["silhouette", "gap", "stability", "consensus"] = Field(
+        "silhouette", description="how k is chosen when n_clusters is 0 (gmm always uses BIC)"
+    )
     k_min: int = Field(2, ge=2, description="smallest k tried when choosing")
     k_max: int = Field(10, ge=2, description="largest k tried when choosing")
     n_bootstrap: int = Field(20, ge=1, le=1000, description="subsample refits for cluster stability")
@@ -185,15 +199,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "voxel_size_nm", "label_table", "class_column"),
     "synapse cubes": (
         "cube_size", "segmentation_type", "alpha", "gray_value", "crop_mode", "presynapse_weight",
-        "quantize_8bit", "second_minmax", "input_range",
+        "quantize_8bit", "second_minmax", "input_range", "intensity_normalization", "orient_cubes",
     ),
     "network and extraction": (
-        "weights_path", "extraction_method", "layer_num", "pooling_method", "batch_size", "precision", "seed",
+        "weights_path", "extraction_method", "layer_num", "pooling_method", "rotation_averaging", "batch_size", "precision", "seed",
         "cache_dir",
     ),
     "reduction and clustering": (
-        "pca_components", "n_neighbors", "min_dist", "umap_metric", "perplexity", "clustering_method",
-        "n_clusters", "k_min", "k_max", "n_bootstrap",
+        "feature_set", "descriptor_weight", "pca_components", "n_neighbors", "min_dist", "umap_metric", "perplexity",
+        "clustering_method", "n_clusters", "k_selection", "k_min", "k_max", "n_bootstrap",
     ),
     "real-world data": ("dataset", "target_voxel_nm"),
     "attention": (

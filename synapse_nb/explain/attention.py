@@ -103,7 +103,8 @@ STRUCTURES: dict[str, int] = {
 #: Settings of 02_extract that define the features (and thus the cluster space and the input).
 FEATURE_KEYS: tuple[str, ...] = (
     "cube_size", "segmentation_type", "alpha", "gray_value", "quantize_8bit", "second_minmax",
-    "input_range", "weights_path", "extraction_method", "layer_num", "pooling_method", "precision", "seed",
+    "input_range", "intensity_normalization", "weights_path", "extraction_method", "layer_num", "pooling_method",
+    "rotation_averaging", "precision", "seed",
 )
 DEFAULT_BATCH_SIZE = 1
 """Cubes per Grad-CAM pass. Measured (benchmarks/bench_attention.py, 2 shared cores, 80^3):

@@ -44,12 +44,13 @@ logger = logging.getLogger(__name__)
 #: Parameters that decide the cube store (raw + structure bits per synapse).
 CUBE_KEYS: tuple[str, ...] = (
     "raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "voxel_size_nm", "label_table",
-    "cube_size", "crop_mode", "presynapse_weight", "dataset", "target_voxel_nm",
+    "cube_size", "crop_mode", "presynapse_weight", "dataset", "target_voxel_nm", "orient_cubes",
 )
 #: Parameters that decide the features of given cubes (batch size does not).
 EXTRACTION_KEYS: tuple[str, ...] = (
     "segmentation_type", "alpha", "gray_value", "quantize_8bit", "second_minmax", "input_range",
-    "weights_path", "extraction_method", "layer_num", "pooling_method", "precision", "seed",
+    "intensity_normalization", "weights_path", "extraction_method", "layer_num", "pooling_method",
+    "rotation_averaging", "precision", "seed",
 )
 #: Parameters that decide the features from the data on: the cubes' and the extraction's.
 FEATURE_KEYS: tuple[str, ...] = CUBE_KEYS + EXTRACTION_KEYS
