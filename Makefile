@@ -8,7 +8,7 @@ DEMO   := data/demo
 REALDATA ?= ../shared/realdata
 VNC    := data/vnc
 
-.PHONY: install demo demo-data vnc test bench clean-runs
+.PHONY: install demo demo-data demo-hard-data vnc test bench clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ $(DEMO)/.complete: | $(STAMP)
 	touch $@
 
 demo-data: $(DEMO)/.complete
+
+# The harder demo: 5 classes of equal size that differ in texture/shape, brightness per bbox.
+data/demo_hard/.complete: | $(STAMP)
+	$(BIN)/python -m synapse_nb demo-data --preset hard --out data/demo_hard
+	touch $@
+
+demo-hard-data: data/demo_hard/.complete
 
 demo: $(STAMP) $(DEMO)/.complete
 	$(BIN)/python -m synapse_nb run parameters/demo.yaml

@@ -370,6 +370,73 @@ def test_top_regions_find_where_attention_concentrates():
     assert len(late) == 1 and late["voxels"].iloc[0] == 3 * 2 * 8 and late["peak"].iloc[0] == pytest.approx(1.0)
 
 
+def test_border_ring_scales_with_the_cube_size():
+    assert [A.border_ring_width(s) for s in (16, 32, 64, 80, 160)] == [1, 2, 3, 4, 8]
+    assert A.border_ring_width(80) == A.BORDER_RING_VOXELS and A.border_ring_width(3) == 0
+    counted = A.counted_voxels(np.ones((8, 8, 8), bool), 2)
+    assert counted.sum() == 4**3 and counted[2:6, 2:6, 2:6].all()
+    assert A.inside_volume(4, {"bbox": "b"}).all()  # a row without pad_* entries: all inside
+    row = {f"pad_{a}_{side}": 0 for a in "zyx" for side in ("before", "after")} | {"pad_x_after": 1}
+    assert A.inside_volume(4, row)[:, :, 3].sum() == 0 and A.inside_volume(4, row)[:, :, :3].all()
+
+
+def _padded_result() -> A.AttentionResult:
+    """Cube 1 of :func:`synthetic_cubeset` has 3 padding slices (z 0..2); every structure of every
+    cube is planted so that the maps are hot only in the padding and in the 1-voxel border ring."""
+    result = fake_result(3)
+    result.valid = np.ones_like(result.valid)
+    result.valid[1, :3] = False
+    result.bits[:] = 0
+    result.bits[:, :8] |= L.BIT_PRE  # structures reach the border and the padding too
+    result.bits[:, 8:] |= L.BIT_POST
+    result.bits[:, 1:4, 5:9, 5:9] |= L.BIT_VESICLE
+    result.bits[:, 6:10, 0:16, 0:2] |= L.BIT_CLEFT
+    maps = np.zeros_like(result.maps)
+    maps[:, :, 0] = 1.0  # first z slice: the border ring (and, for cube 1, padding)
+    maps[:, :, :, :, 0] = 1.0  # x = 0: border ring, inside the cleft
+    maps[1, :, 1:3] = 1.0  # padding of cube 1, inside its vesicle cloud
+    result.maps = maps
+    return result
+
+
+def test_hot_voxels_only_in_padding_and_border_ring_name_no_structure():
+    result = _padded_result()
+    assert result.ring == 1 and result.counted(1)[:3].sum() == 0 and result.counted(0)[1:15, 1:15, 1:15].all()
+    assert "(1 of 3 cubes reach outside it" in result.notes() and "1-voxel ring at the cube border" in result.notes()
+    overlap = A.overlap_table(result)
+    assert (overlap["attended_fraction"] == 0).all() and (overlap["border_ring_voxels"] == 1).all()
+    assert (overlap.loc[overlap["mask_voxels"] > 0, "inside"] == 0).all()
+    summary = A.overlap_summary(overlap, result.weights)
+    verdict = A.most_attended(summary)
+    assert verdict["layer"].tolist() == [3, 20] and verdict["structure"].tolist() == ["", ""]
+    text = A.summary_markdown(summary)
+    assert "features.3: no structure attended more than its surroundings" in text and "1-voxel ring" in text
+    assert "features.20: no structure attended more than its surroundings" in text
+    assert A.top_regions(result).empty  # nothing left once padding and the ring are out
+    # counted the old way (padding out, ring in), the cleft would win: its x = 0 face is hot
+    ring_in = A.AttentionResult(**{**result.__dict__, "border_ring": 0})
+    assert A.most_attended(A.overlap_summary(A.overlap_table(ring_in)))["structure"].tolist() == ["cleft", "cleft"]
+
+
+def test_a_ratio_below_one_is_never_named():
+    summary = pd.DataFrame({
+        "layer": [3, 3, 3, 20, 20, 27],
+        "structure": ["pre", "cleft", "mito", "pre", "cleft", "cleft"],
+        "inside_outside_ratio": [0.8, 0.95, np.nan, 1.4, 3.0, 1.0],
+        "n_synapses": [4, 4, 0, 4, 4, 4],
+    })
+    verdict = A.most_attended(summary).set_index("layer")
+    assert verdict.loc[3, "structure"] == "" and verdict.loc[3, "inside_outside_ratio"] == pytest.approx(0.95)
+    assert verdict.loc[20, "structure"] == "cleft" and verdict.loc[27, "structure"] == ""  # 1 is no preference
+    text = A.most_attended_text(summary)
+    assert text == ("features.3: no structure attended more than its surroundings (best ratio 0.95); "
+                    "features.20: cleft (3.00x inside vs outside); "
+                    "features.27: no structure attended more than its surroundings (best ratio 1.00)")
+    assert "pre" not in text
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['inside_outside_ratio'\]"):
+        A.most_attended(summary.drop(columns="inside_outside_ratio"))
+
+
 def test_select_rows_representatives_and_random():
     study = tiny_study()
     study.points = np.array([[0.0], [1.0], [10.0], [10.5]])

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from synapse_nb.analysis import clustering as C
+from synapse_nb.analysis import k_selection as KS
 from synapse_nb.analysis.reduce import standardize
 
 
@@ -19,12 +21,17 @@ def blobs():
 
 def test_select_k_recovers_four_blobs(blobs):
     Xs, _ = blobs
-    table = C.select_k(Xs, (2, 8), seed=0, show_progress=False)
-    assert list(table.columns) == ["k", "inertia", "silhouette", "bic", "chosen"]
+    table = C.select_k(Xs, (2, 8), seed=0, n_refs=4, n_splits=3, show_progress=False)
+    assert table.attrs["criterion"] == "consensus" == KS.DEFAULT_CRITERION
+    assert list(table.columns) == ["k", "inertia", "silhouette", "bic", "log_w", "gap", "gap_sd",
+                                   "prediction_strength", "prediction_strength_sd", "chosen"]
     assert list(table["k"]) == list(range(2, 9))
     assert table["chosen"].sum() == 1
     assert C.chosen_k(table) == 4 == table.attrs["chosen_k"]
+    assert table.attrs["picks"] == {"silhouette": 4, "gap": 4, "stability": 4, "consensus": 4}
     assert table["inertia"].is_monotonic_decreasing
+    sil = C.select_k(Xs, (2, 8), seed=0, criterion="silhouette", show_progress=False)
+    assert list(sil.columns) == ["k", "inertia", "silhouette", "bic", "chosen"] and C.chosen_k(sil) == 4
 
 
 @pytest.mark.parametrize("method", ["kmeans", "gmm", "ward", "hdbscan"])
@@ -80,7 +87,7 @@ def test_large_data_paths_minibatch_sampled_silhouette_and_ward_limit(blobs, mon
     Xs, y = blobs
     monkeypatch.setattr(C, "MINIBATCH_MIN_N", 50)
     monkeypatch.setattr(C, "SILHOUETTE_SAMPLE", 80)
-    res = C.cluster(Xs, "kmeans", k_range=(2, 6), seed=0, show_progress=False)
+    res = C.cluster(Xs, "kmeans", k_range=(2, 6), seed=0, k_selection="silhouette", show_progress=False)
     assert res.info["minibatch"] and res.k == 4
     assert adjusted_rand_score(y, res.labels) == pytest.approx(1.0)
     monkeypatch.setattr(C, "WARD_MAX_N", 100)
@@ -145,3 +152,110 @@ def test_finite_matrix_names_bad_rows_and_the_fix():
     with pytest.raises(ValueError, match=r"expected a 2-D matrix"):
         finite_matrix(np.zeros(3))
     assert finite_matrix([[1, 2]]).dtype == np.float64
+
+
+# --------------------------------------------------------------------------------------
+# choosing k: gap, prediction strength, consensus
+# --------------------------------------------------------------------------------------
+def planted(k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k well-separated blobs of unequal sizes and spreads in 6 dimensions."""
+    sizes = [30, 22, 16, 12][:k]
+    X, y = make_blobs(sizes, 6, centers=None, cluster_std=[0.6, 1.0, 0.8, 1.2][:k], center_box=(-12, 12), random_state=seed)
+    return X, y
+
+
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("criterion", ["gap", "stability"])
+def test_gap_and_prediction_strength_find_planted_blobs(k, criterion):
+    X, _ = planted(k, seed=k)
+    table = C.select_k(X, (2, 6), seed=0, criterion=criterion, n_refs=5, n_splits=4, show_progress=False)
+    assert table.attrs["chosen_k"] == k == C.chosen_k(table) and table.attrs["criterion"] == criterion
+    extra = ["log_w", "gap", "gap_sd"] if criterion == "gap" else ["prediction_strength", "prediction_strength_sd"]
+    assert list(table.columns) == ["k", "inertia", "silhouette", "bic", *extra, "chosen"]
+    assert set(table.attrs["seconds"]) == {"silhouette", criterion} and table.attrs["picks"][criterion] == k
+    if criterion == "stability":  # merged blobs stay together, split ones do not
+        ps = table.set_index("k")["prediction_strength"]
+        assert ps[k] >= 0.8 > ps[k + 1]
+
+
+def test_selection_is_deterministic_for_a_seed():
+    X, _ = planted(3)
+    a = C.select_k(X, (2, 5), seed=3, criterion="consensus", n_refs=3, n_splits=2, show_progress=False)
+    b = C.select_k(X, (2, 5), seed=3, criterion="consensus", n_refs=3, n_splits=2, show_progress=False)
+    pd.testing.assert_frame_equal(a, b)
+    other = C.select_k(X, (2, 5), seed=4, criterion="gap", n_refs=3, show_progress=False)
+    assert not np.allclose(a["gap"], other["gap"])  # the seed reaches the reference data
+
+
+def test_k_range_is_capped_by_the_number_of_synapses():
+    X, _ = planted(2)
+    X = X[::6]  # 9 synapses
+    table = C.select_k(X, (2, 12), seed=0, criterion="consensus", n_refs=2, n_splits=2, show_progress=False)
+    assert list(table["k"]) == list(range(2, 9)) and table["gap"].notna().all()
+    # halves of 4-5 synapses: prediction strength only for k with two synapses per cluster
+    assert table.loc[table["k"] == 2, "prediction_strength"].notna().all()
+    assert table.loc[table["k"] > 2, "prediction_strength"].isna().all()
+
+
+def test_hdbscan_unknown_criterion_and_gmm_keep_their_rules():
+    X, _ = planted(3)
+    with pytest.raises(ValueError, match="hdbscan finds the number of clusters itself"):
+        C.select_k(X, (2, 5), method="hdbscan", criterion="gap", show_progress=False)
+    with pytest.raises(ValueError, match="unknown k_selection criterion 'elbow'"):
+        C.select_k(X, (2, 5), criterion="elbow", show_progress=False)
+    gm = C.select_k(X, (2, 5), method="gmm", criterion="gap", show_progress=False)
+    assert gm.attrs["criterion"] == "bic" and "gap" not in gm
+    assert C.chosen_k(gm) == int(gm.loc[gm["bic"].idxmin(), "k"])
+
+
+def test_consensus_follows_its_rule_on_a_constructed_table():
+    table = pd.DataFrame({
+        "k": [2, 3, 4, 5, 6],
+        "silhouette": [0.7, 0.6, 0.5, 0.4, 0.3],  # -> 2
+        "gap": [0.5, 0.6, 0.9, 1.0, 1.0], "gap_sd": [0.05] * 5,  # 4 < 5 - 0.05, 5 >= 6 - 0.05 -> 5
+        "prediction_strength": [1.0, 0.95, 0.7, 0.82, 0.5],  # largest k >= 0.8 -> 5
+    })
+    assert KS.picks(table) == {"silhouette": 2, "gap": 5, "stability": 5, "consensus": 5}  # two agree
+    assert KS.pick_stability(table, threshold=0.9) == 3
+    assert KS.consensus_k({"silhouette": 2, "gap": 6, "stability": 3}) == 3  # all differ: the middle one
+    with pytest.raises(ValueError, match=r"missing \['gap'\]"):
+        KS.consensus_k({"silhouette": 2, "stability": 3})
+    rising = table.assign(gap=[0.1, 0.2, 0.3, 0.4, 0.5], gap_sd=[0.01] * 5)
+    assert KS.pick_gap(rising) == 6  # still rising: the largest k tried
+    weak = table.assign(prediction_strength=[0.5, 0.6, 0.4, 0.3, 0.2])
+    assert KS.pick_stability(weak) == 3  # none reaches the threshold: the most stable k
+    assert KS.pick_stability(table.assign(prediction_strength=float("nan"))) == 2  # too few synapses: smallest k
+
+
+def test_uniform_reference_fills_the_principal_box():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 2)) @ np.array([[3.0, 0.0], [0.0, 0.5]]) @ np.array([[0.6, 0.8], [-0.8, 0.6]])
+    Z = KS.uniform_reference(X, np.random.default_rng(1))
+    _, _, vt = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
+    sx, sz = (X - X.mean(axis=0)) @ vt.T, (Z - X.mean(axis=0)) @ vt.T
+    assert Z.shape == X.shape
+    assert np.all(sz.min(axis=0) >= sx.min(axis=0) - 1e-9) and np.all(sz.max(axis=0) <= sx.max(axis=0) + 1e-9)
+    assert abs(np.corrcoef(sz.T)[0, 1]) < 0.1  # uniform in the box: no structure left
+
+
+def test_cluster_passes_k_selection_and_a_fixed_k_skips_it():
+    X, y = planted(3)
+    res = C.cluster(X, "ward", k_range=(2, 6), seed=0, k_selection="stability", show_progress=False)
+    assert res.selection.attrs["criterion"] == "stability" and res.k == 3
+    assert adjusted_rand_score(y, res.labels) == pytest.approx(1.0)
+    fixed = C.cluster(X, "kmeans", k=2, k_selection="consensus", show_progress=False)
+    assert fixed.selection is None and fixed.k == 2
+
+
+def test_selection_figure_shows_every_criterion_and_the_rule():
+    from synapse_nb.figures.maps import selection_figure
+
+    X, _ = planted(3)
+    table = C.select_k(X, (2, 5), seed=0, method="ward", criterion="consensus", n_refs=3, n_splits=2, show_progress=False)
+    fig = selection_figure(table)
+    lines = [t.name for t in fig.data if t.mode == "lines+markers"]
+    assert lines == ["inertia", "silhouette", "gap", "prediction_strength"]
+    stars = [t for t in fig.data if t.name and t.name.startswith("chosen k=")]
+    assert len(stars) == 4 and all(list(t.x) == [3] for t in stars)
+    assert "k=3 by consensus, median of silhouette, gap and stability" in fig.layout.title.text
+    assert "gap (first k with Gap(k) >= Gap(k+1) - s): k=3" in [a.text for a in fig.layout.annotations]

@@ -514,9 +514,9 @@ def test_morphometrics_on_hand_made_volume(cube):
     assert info["post_volume_vox"] == 16 * 16 * 7
     assert info["mito_near_pre_volume_vox"] == 27  # M1 inside pre; M2 is in post
     phys = add_physical_units(pd.DataFrame([info]), (8.0, 8.0, 8.0)).iloc[0]
-    assert phys["vesicle_volume_nm3"] == 64 * 512
-    assert phys["cleft_area_nm2"] == pytest.approx(70 * 64)
-    assert phys["pre_volume_nm3"] == 2048 * 512
+    assert phys["vesicle_volume_um3"] == pytest.approx(64 * 512 * 1e-9)
+    assert phys["cleft_area_um2"] == pytest.approx(70 * 64 * 1e-6)
+    assert phys["pre_volume_um3"] == pytest.approx(2048 * 512 * 1e-9)
 
 
 def test_cleft_area_thick_and_tilted_sheets():
@@ -537,7 +537,7 @@ def test_anisotropic_area_uses_the_normal():
         [{"cleft_area_vox": 10.0, "cleft_normal_z": 1.0, "cleft_normal_y": 0.0, "cleft_normal_x": 0.0}]
     )
     out = add_physical_units(df, (40.0, 4.0, 5.0))
-    assert out["cleft_area_nm2"].iloc[0] == pytest.approx(10 * 4 * 5)  # a z-normal sheet lies in y-x
+    assert out["cleft_area_um2"].iloc[0] == pytest.approx(10 * 4 * 5 * 1e-6)  # a z-normal sheet lies in y-x
 
 
 def test_morphometrics_function_matches_info(cube):
@@ -602,8 +602,8 @@ def test_build_cubes_table_columns(cubeset):
     assert list(t.columns[:3]) == [L.BBOX_COLUMN, L.NAME_COLUMN, "table_row"]
     for col in (
         L.DEMO_CLASS_COLUMN, "pre_side", "pre_seg_id", "overlap_side1", "ambiguous", "ambiguity_reason",
-        "cube_center_z", "pad_z_before", "vesicle_volume_vox", "vesicle_volume_nm3", "cleft_area_vox",
-        "cleft_area_nm2", "pre_volume_nm3", "post_volume_nm3", "mito_near_pre_volume_nm3", *L.CENTER_COLUMNS,
+        "cube_center_z", "pad_z_before", "vesicle_volume_vox", "vesicle_volume_um3", "cleft_area_vox",
+        "cleft_area_um2", "pre_volume_um3", "post_volume_um3", "mito_near_pre_volume_um3", *L.CENTER_COLUMNS,
     ):
         assert col in t, col
     assert t["pre_side"].tolist() == [1, 2, 1]

@@ -332,14 +332,14 @@ def test_anisotropic_cubes_are_isotropic_and_centred(aniso_cubes):
     bits = cs.bits[a]
     assert bits[S // 2, S // 2, S // 2] & L.BIT_CLEFT
     assert t.loc["A", "pre_side"] == 1 and not t.loc["A", "ambiguous"]
-    native_nm3 = 874 * 640.0  # cleft voxels of disk A in the native volume x native voxel volume
-    assert abs(t.loc["A", "cleft_volume_nm3"] - native_nm3) / native_nm3 < 0.05
-    cleft_nm3 = np.pi * 150**2 * 8  # the ideal disk of radius 150 nm, 8 nm thick
-    assert abs(t.loc["A", "cleft_volume_nm3"] - cleft_nm3) / cleft_nm3 < 0.1
-    assert t.loc["A", "cleft_volume_nm3"] == t.loc["A", "cleft_volume_vox"] * 512.0  # target voxel^3
-    assert abs(t.loc["A", "cleft_area_nm2"] - np.pi * 150**2) / (np.pi * 150**2) < 0.1
-    ves_nm3 = 4 / 3 * np.pi * 80**3
-    assert abs(t.loc["A", "vesicle_volume_nm3"] - ves_nm3) / ves_nm3 < 0.15
+    native_um3 = 874 * 640.0 * 1e-9  # cleft voxels of disk A in the native volume x native voxel volume
+    assert abs(t.loc["A", "cleft_volume_um3"] - native_um3) / native_um3 < 0.05
+    cleft_um3 = np.pi * 150**2 * 8 * 1e-9  # the ideal disk of radius 150 nm, 8 nm thick
+    assert abs(t.loc["A", "cleft_volume_um3"] - cleft_um3) / cleft_um3 < 0.1
+    assert t.loc["A", "cleft_volume_um3"] == pytest.approx(t.loc["A", "cleft_volume_vox"] * 512.0 * 1e-9)  # target voxel^3
+    assert abs(t.loc["A", "cleft_area_um2"] - np.pi * 0.150**2) / (np.pi * 0.150**2) < 0.1
+    ves_um3 = 4 / 3 * np.pi * 0.080**3
+    assert abs(t.loc["A", "vesicle_volume_um3"] - ves_um3) / ves_um3 < 0.15
 
 
 def test_border_synapse_is_padded_and_stays_centred(aniso_cubes):

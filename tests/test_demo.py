@@ -1,7 +1,9 @@
 """Tests of the synthetic demo dataset (synapse_nb.data.demo, written in the original tool's folder layout)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +25,19 @@ from synapse_nb.core.labels import (
 from synapse_nb.data.demo import (
     CLASS_NAMES,
     DEMO_MARKER_FILE,
+    DEMO_PRESETS,
     GROUND_TRUTH_FILE,
+    HARD_CLASS_NAMES,
     DemoSpec,
+    _plan_bbox,
+    _plan_rows,
+    bbox_nuisance,
+    demo_spec,
     make_demo_dataset,
     plan_demo_table,
+    preset_class_names,
 )
+from synapse_nb.pipeline import cli
 
 TINY = DemoSpec(n_bboxes=2, shape=(64, 96, 96), synapses_per_bbox=4, seed=2)
 BBOXES = ("bbox1", "bbox2")
@@ -275,3 +285,127 @@ def test_spec_validation():
         DemoSpec(shape=(10, 96, 96))
     with pytest.raises(ValueError, match="n_bboxes"):
         DemoSpec(n_bboxes=0)
+    with pytest.raises(ValueError, match="preset"):
+        DemoSpec(preset="easy")
+    with pytest.raises(ValueError, match="classes"):
+        DemoSpec(classes=("E_small",))  # a hard class in the default table
+    with pytest.raises(ValueError, match="contrast_range"):
+        DemoSpec(contrast_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="brightness_range"):
+        DemoSpec(brightness_range=(10.0, -10.0))
+    with pytest.raises(ValueError, match="max_axon_group"):
+        DemoSpec(max_axon_group=0)
+    with pytest.raises(ValueError, match="unknown demo preset"):
+        demo_spec("easy")
+
+
+# ----------------------------------------------------------------------------------------
+# Presets: the default stays as it was; hard and brightness add nuisance
+# ----------------------------------------------------------------------------------------
+def test_default_preset_output_is_unchanged(demo):
+    """The volumes of the default demo must not change when presets are added or tuned."""
+    _, _, vols = demo
+    assert demo_spec() == DemoSpec() and demo_spec(seed=2).seed == 2
+    digest = hashlib.sha256()
+    for b in BBOXES:
+        for kind in ("raw", "seg", "mask"):
+            digest.update(np.ascontiguousarray(vols[b][kind]).tobytes())
+    assert digest.hexdigest() == "9084e80a9f435386a13bff26d3b1ada52f8acd96b89180e3ac57958716048995", (
+        "the default demo volumes changed; keep them byte-identical (new options must default to off)")
+    assert bbox_nuisance(TINY) == [(0.0, 1.0)] * TINY.n_bboxes
+
+
+@pytest.fixture(scope="module")
+def hard_plan():
+    spec = demo_spec("hard")
+    plans = [_plan_bbox(spec, i) for i in range(spec.n_bboxes)]
+    table = pd.DataFrame([row for plan in plans for row in _plan_rows(plan)])
+    normals = np.array([s.normal for plan in plans for s in plan.synapses])
+    return spec, table, normals
+
+
+def test_hard_preset_balances_classes_of_equal_size_in_every_bbox(hard_plan):
+    _, plan, _ = hard_plan
+    assert set(DEMO_PRESETS) >= {"default", "hard", "brightness"}
+    assert preset_class_names("hard") is HARD_CLASS_NAMES and len(HARD_CLASS_NAMES) >= 4
+    assert 80 <= len(plan) <= 100
+    counts = pd.crosstab(plan["bbox"], plan[DEMO_CLASS_COLUMN])
+    assert list(counts.columns) == list(HARD_CLASS_NAMES)  # every class in every bbox ...
+    assert (counts.max(axis=1) - counts.min(axis=1)).max() <= 2  # ... about equally often
+    assert (counts > 0).all().all()
+    # four classes share one size distribution: their cleft and cloud radii overlap
+    same_size = plan[plan[DEMO_CLASS_COLUMN] != "E_small"].groupby(DEMO_CLASS_COLUMN)
+    for col in ("cleft_radius", "vesicle_cloud_radius", "bouton_radius"):
+        lo, hi = same_size[col].min(), same_size[col].max()
+        assert lo.max() < hi.min(), col
+    small = plan[plan[DEMO_CLASS_COLUMN] == "E_small"]
+    assert small["vesicle_cloud_radius"].max() < same_size["vesicle_cloud_radius"].min().min()
+
+
+def test_hard_preset_spreads_cleft_normals_over_the_sphere(hard_plan):
+    _, _, normals = hard_plan
+    # uniform on the sphere: each |component| is uniform on [0, 1] (mean 0.5, a fifth above 0.8)
+    mean_abs = np.abs(normals).mean(axis=0)
+    assert np.all(np.abs(mean_abs - 0.5) < 0.06), mean_abs
+    above = (np.abs(normals) > 0.8).mean(axis=0)
+    assert np.all((above > 0.1) & (above < 0.3)), above
+
+
+@pytest.fixture(scope="module")
+def brightness_demo(tmp_path_factory):
+    """The brightness preset, written through the command line."""
+    out = tmp_path_factory.mktemp("brightness")
+    assert cli.main(["demo-data", "--preset", "brightness", "--out", str(out)]) == 0
+    return out, pd.read_csv(out / GROUND_TRUTH_FILE), json.loads((out / DEMO_MARKER_FILE).read_text())
+
+
+def test_brightness_preset_varies_brightness_per_bbox_only(brightness_demo):
+    out, gt, meta = brightness_demo
+    spec = demo_spec("brightness")
+    assert meta["preset"] == "brightness" and meta["spec"]["preset"] == "brightness"
+    assert list(meta["classes"]) == ["E_small"] and set(gt[DEMO_CLASS_COLUMN]) == {"E_small"}
+    assert sorted(gt["bbox"].unique()) == [f"bbox{i + 1}" for i in range(spec.n_bboxes)]
+    assert gt.groupby("bbox").size().min() >= 6
+    cyto, cube_means = {}, []
+    for b, part in gt.groupby("bbox"):
+        raw = _read_stack(out / "raw" / b).astype(float)
+        seg = _read_stack(out / "seg" / b)
+        cyto[b] = float(np.median(raw[seg > 0]))
+        for _, row in part.iterrows():
+            z, y, x = _zyx(row, CENTER_COLUMNS)
+            cube_means.append((b, raw[max(z - 16, 0):z + 16, max(y - 16, 0):y + 16, max(x - 16, 0):x + 16].mean()))
+    # undoing the recorded offset and gain gives the same cytoplasm level in every bbox
+    base = {b: 128 + (cyto[b] - 128 - o) / g for b, (o, g) in meta["bbox_brightness_offset_gain"].items()}
+    assert max(base.values()) - min(base.values()) < 4, (base, cyto)
+    levels = sorted(cyto.values())
+    assert min(np.diff(levels)) > 15, levels
+    # per synapse: the bbox explains the brightness (a clustering on it would split by bbox)
+    cubes = pd.DataFrame(cube_means, columns=["bbox", "mean"])
+    assert cubes.groupby("bbox")["mean"].mean().std() > 3 * cubes.groupby("bbox")["mean"].std().max()
+
+
+def test_cli_demo_data_refuses_a_bad_shape_in_one_line(tmp_path, caplog):
+    assert cli.main(["demo-data", "--out", str(tmp_path / "d"), "--shape", "8", "64", "64"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "shape" in errors[0] and "\n" not in errors[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_dense_core_and_clear_vesicles_differ_in_texture_not_volume(tmp_path):
+    spec = demo_spec("hard", n_bboxes=1, shape=(80, 128, 128), synapses_per_bbox=4, seed=4,
+                     classes=("A_clear_flat", "B_dense_core"), max_axon_group=1)
+    gt = make_demo_dataset(tmp_path, spec, progress=False)
+    assert set(gt[DEMO_CLASS_COLUMN]) == {"A_clear_flat", "B_dense_core"}
+    raw = _read_stack(tmp_path / "raw" / "bbox1").astype(float)
+    mask = _read_stack(tmp_path / "mask" / "bbox_1")
+    seg = _read_stack(tmp_path / "seg" / "bbox1")
+    raw = (raw - raw.mean()) / raw.std()
+    ves = label_ids_for("bbox1").vesicle
+    texture = {}
+    for _, row in gt.iterrows():
+        box = tuple(slice(max(c - 24, 0), c + 24) for c in _zyx(row, CENTER_COLUMNS))
+        cloud = (mask[box] == ves) & (seg[box] == row["true_pre_id"])
+        texture.setdefault(row[DEMO_CLASS_COLUMN], []).append(raw[box][cloud].std())
+    assert min(texture["B_dense_core"]) > max(texture["A_clear_flat"]) + 0.1, texture
+    volumes = gt.groupby(DEMO_CLASS_COLUMN)["true_vesicle_voxels"].median()
+    assert 0.6 < volumes["B_dense_core"] / volumes["A_clear_flat"] < 1.6, volumes

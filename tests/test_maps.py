@@ -93,7 +93,7 @@ def test_size_map_marker_area_follows_the_value():
 def test_k_selection_bic_and_stability_figures():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(c, 0.3, size=(30, 4)) for c in (0, 5, 10)])
-    table = C.select_k(X, (2, 5), show_progress=False)
+    table = C.select_k(X, (2, 5), criterion="silhouette", show_progress=False)
     fig = M.k_selection_figure(table)
     assert len(fig.data) == 4 and fig.data[2].name == "chosen k=3"
     assert list(fig.data[2].x) == [3]

@@ -83,6 +83,8 @@ def test_groups_of_the_demo_are_its_true_axons(tiny_params):
     cfg = config.make_config({k: v for k, v in tiny_params.items() if k != "cache_dir"})
     cs = _pipeline_steps.make_cubes(_data_datasets.open_dataset(cfg), cfg, progress=False)
     out = P.assign_groups(cs.table)
+    choice = P.choose_grouping(cs.table)  # the demo has vesicle labels: polarity is known, grouping presynaptic
+    assert choice.mode == "presynaptic" and choice.fraction > 0.5
     sure = ~cs.table["ambiguous"].to_numpy()
     truth = cs.table["bbox"] + "/pre" + cs.table["true_pre_id"].astype(str)
     assert (out["axon"][sure] == truth[sure]).all()
@@ -352,6 +354,126 @@ def test_summary_without_groups_says_so(tmp_path: Path):
     assert a.n_groups == 0 and "nothing to test" in a.test_sentence()
     page = P.write_summary(tmp_path / "s.html", a).read_text()
     assert "No presynaptic neurite makes two or more analysed synapses" in page and 'class="group"' not in page
+
+
+# --------------------------------------------------------------------------------------
+# unknown polarity: grouping by a neurite shared on either side
+# --------------------------------------------------------------------------------------
+NO_VESICLES = "no vesicle-cloud label in this dataset; pre/post tie: both sides overlap the closest vesicle cloud by 0 voxels"
+
+
+def _sided(rows: list[tuple]) -> pd.DataFrame:
+    """A cube table from (bbox, Var1, side1, side2, pre_side, ambiguous): pre/post ids follow pre_side."""
+    recs = []
+    for bbox, name, s1, s2, side, amb in rows:
+        pre, post = {1: (s1, s2), 2: (s2, s1)}.get(side, (0, 0))
+        recs.append({"bbox": bbox, "Var1": name, "table_row": len(recs), "pre_side": side, "pre_seg_id": pre,
+                     "post_seg_id": post, "side1_seg_id": s1, "side2_seg_id": s2, "ambiguous": amb,
+                     "ambiguity_reason": NO_VESICLES if amb else ""})
+    return pd.DataFrame(recs)
+
+
+UNKNOWN_ROWS = [  # a volume without vesicle labels: every decision is a tie-break
+    ("bbox1", "s1", 5, 9, 1, True), ("bbox1", "s2", 9, 12, 2, True), ("bbox1", "s3", 12, 20, 1, True),
+    ("bbox1", "s4", 30, 31, 1, True), ("bbox1", "s5", 0, 0, 0, False),
+    ("bbox2", "t1", 9, 50, 1, True), ("bbox2", "t2", 50, 9, 1, True), ("bbox2", "t3", 9, 0, 1, True),
+    ("bbox2", "t4", 60, 61, 1, True), ("bbox2", "t5", 70, 71, 2, True),
+]
+
+
+def test_either_side_groups_are_connected_components_of_shared_ids():
+    out = P.assign_groups_either_side(_sided(UNKNOWN_ROWS)).set_index("Var1")
+    # s1-s2 share 9, s2-s3 share 12: one chain; id 9 of bbox2 is another neurite
+    assert set(out.index[out["group"] == "bbox1/seg9+12"]) == {"s1", "s2", "s3"}
+    assert set(out.index[out["group"] == "bbox2/seg9+50"]) == {"t1", "t2", "t3"}
+    assert out.loc["s1", "shared_seg_ids"] == "9+12" and out.loc["t3", "group_size"] == 3
+    assert out.loc["s4", "status"] == "single" and out.loc["s4", "neurite"] == "bbox1/syn:s4" and out.loc["s4", "group"] == ""
+    assert out.loc["s5", "status"] == "excluded" and "neither side lies on a known neurite" in out.loc["s5", "reason"]
+    # ambiguous pre/post decisions are used: the grouping does not depend on them
+    assert out.loc["s1", "status"] == "group" and "used: grouping by either side" in out.loc["s1", "reason"]
+    assert "axon" not in out.columns
+    # the pre/post ids are the same pair as the sides: tables without side columns group the same way
+    old = P.assign_groups_either_side(_sided(UNKNOWN_ROWS).drop(columns=["side1_seg_id", "side2_seg_id"]))
+    assert old["group"].tolist() == out["group"].tolist()
+    many = _sided([("b", f"x{i}", i + 1, 99, 1, True) for i in range(6)])  # six axons onto one dendrite
+    assert set(P.assign_groups_either_side(many)["group"]) == {"b/seg99"}
+
+
+def test_the_grouping_mode_follows_the_share_of_decided_polarities():
+    unknown = _sided(UNKNOWN_ROWS)
+    assert P.polarity_decided(unknown).sum() == 0  # s5 has pre_side 0, the others are ambiguous
+    choice = P.choose_grouping(unknown)
+    assert (choice.mode, choice.n_decided, choice.n_synapses) == ("either_side", 0, 10)
+    assert "fewer than 50%" in choice.rule() and "by a shared neurite on either side (polarity unknown)" in choice.rule()
+    half = unknown.assign(ambiguous=[False] * 4 + [False] + [True] * 5)  # 4 decided of 10 (s5 has no side)
+    assert P.choose_grouping(half).mode == "either_side"
+    assert P.choose_grouping(half, available=[True] * 5 + [False] * 5).mode == "presynaptic"  # 4 of 5
+    assert P.choose_grouping(unknown.assign(ambiguous=False)).mode == "presynaptic"  # 9 of 10
+    forced = P.choose_grouping(unknown, "presynaptic")
+    assert forced.mode == "presynaptic" and "as requested (presynapse_grouping 'presynaptic')" in forced.rule()
+    with pytest.raises(ValueError, match="presynapse_grouping must be one of auto, presynaptic, either_side, got 'axon'"):
+        P.choose_grouping(unknown, "axon")
+
+
+def _unknown_run_tables():
+    cube = _sided(UNKNOWN_ROWS)
+    keep = [0, 1, 2, 3, 4, 5, 6, 7, 9]  # t4 has no features
+    feats = cube.iloc[keep].reset_index(drop=True)
+    pca = np.array([[0, 0], [0, 1], [1, 0], [10, 10], [10, 11], [20, 0], [20, 2], [21, 1], [40, 40]], dtype=float)
+    emb = pd.DataFrame({"pca_1": pca[:, 0], "pca_2": pca[:, 1], "umap_1": pca[:, 0] / 10, "umap_2": pca[:, 1] / 10})
+    clusters = feats[["bbox", "Var1"]].assign(cluster=["0", "0", "0", "1", "1", "2", "2", "2", "3"])
+    return cube, feats, emb, clusters
+
+
+def test_unknown_polarity_groups_by_either_side_and_says_so(tmp_path: Path):
+    cube, feats, emb, clusters = _unknown_run_tables()
+    a = P.analyze(feats, emb, clusters, cube, n_permutations=50, seed=0)
+    assert a.mode == "either_side" and a.label_column == "neurite"
+    assert list(a.groups["group"]) == ["bbox1/seg9+12", "bbox2/seg9+50"]
+    g = a.groups.set_index("group")
+    assert g.loc["bbox1/seg9+12", "synapses"] == "s1, s2, s3" and g.loc["bbox2/seg9+50", "shared_seg_ids"] == "9+50"
+    assert "pre_seg_id" not in a.groups.columns and (a.groups["grouping"] == "either_side").all()
+    np.testing.assert_allclose(g.loc["bbox1/seg9+12", "mean_intra"], (1 + 1 + math.sqrt(2)) / 3)
+    np.testing.assert_allclose(g.loc["bbox2/seg9+50", "mean_inter"],
+                               np.mean([math.hypot(40 - x, 40 - y) for x, y in [(20, 0), (20, 2), (21, 1)]]))
+    assert a.test.n_groups == 2 and a.test.n_grouped == 6 and len(a.intra) == 6
+    assert set(a.excluded["Var1"]) == {"s5", "t4"} and list(a.excluded.columns[2:4]) == ["side1_seg_id", "side2_seg_id"]
+    assert a.ambiguous.set_index("Var1")["used"].drop("t4").all()  # only the synapse without features is unused
+    text = a.markdown() + a.test_sentence()
+    assert "grouped **by a shared neurite on either side (polarity unknown)**" in text
+    assert "0 of 9 analysable synapses have a decided pre side, fewer than 50%" in text
+    assert a.test_sentence().startswith("Synapses that share a neurite (on either side, polarity unknown) are **")
+    assert "axon" not in text.lower() and "presynaptic" not in text.lower()
+    summary = a.summary()
+    assert summary["grouping"] == "either_side" and summary["n_polarity_decided"] == 0
+    assert summary["grouping_text"] == "by a shared neurite on either side (polarity unknown)"
+    sentence = P.summary_sentence(json.loads(json.dumps(summary)))
+    assert sentence.startswith("**2 groups of synapses sharing a neurite on either side** (polarity unknown; 6 synapses)")
+    assert "presynaptic" not in sentence
+    page = P.write_summary(tmp_path / "s.html", a).read_text()
+    body = page.split("</head>", 1)[1]  # plotly.js itself is in the head
+    assert "by a shared neurite on either side (polarity unknown)" in body
+    assert "axon" not in body.lower() and "presynaptic" not in body.lower()
+    assert [t.name for t in P.group_map(a).data][1:] == ["bbox1/seg9+12", "bbox2/seg9+50"]
+    # what forcing the tie-broken pre sides would have grouped: ids chosen by a coin flip
+    forced = P.analyze(feats, emb, clusters, cube, grouping="presynaptic", include_ambiguous=True, n_permutations=20)
+    assert list(forced.groups["group"]) == ["bbox1/pre12", "bbox2/pre9"] and forced.summary()["grouping"] == "presynaptic"
+
+
+def test_known_polarity_keeps_the_presynaptic_grouping():
+    cube, feats, emb, clusters = _run_tables()
+    sided = cube.assign(pre_side=np.where(cube["pre_seg_id"] > 0, 1, 0), post_seg_id=100,
+                        side1_seg_id=cube["pre_seg_id"], side2_seg_id=100)  # every synapse onto dendrite 100
+    before = P.analyze(feats, emb, clusters, cube, n_permutations=30, seed=0)
+    a = P.analyze(feats, emb, clusters, sided, n_permutations=30, seed=0)
+    assert a.mode == "presynaptic" and a.label_column == "axon" and a.summary()["grouping"] == "presynaptic"
+    assert a.summary()["n_polarity_decided"] == 7 and "at least 50%" in a.grouping_sentence()
+    pd.testing.assert_frame_equal(a.groups, before.groups)
+    assert a.test.p_value == before.test.p_value and (a.groups["grouping"] == "presynaptic").all()
+    assert "**2 presynaptic neurites** make more than one synapse" in a.headline()
+    assert P.summary_sentence(a.summary()).startswith("**2 presynaptic neurites** make more than one synapse")
+    both = P.analyze(feats, emb, clusters, sided, grouping="either_side", n_permutations=30)
+    assert list(both.groups["group"]) == ["bbox1/seg5+8+100", "bbox2/seg5+100"]  # the shared dendrite joins them all
 
 
 # --------------------------------------------------------------------------------------

@@ -112,6 +112,13 @@ def test_tsne_is_deterministic_and_adapts_perplexity():
     assert info["perplexity"] == pytest.approx(13.0) and not info["sampled"]
 
 
+def test_tsne_3d_from_fewer_input_dimensions():
+    """Two PCA components (e.g. few descriptors) still give a 3-D t-SNE map (random init)."""
+    Z, _ = R.pca(R.standardize(blobs_table(n=30, d=4))[0], 2)
+    Y = R.tsne_embed(Z, 3, seed=0, max_iter=250)
+    assert Y.shape == (30, 3) and np.isfinite(Y).all()
+
+
 def test_tsne_above_max_n_fits_a_sample_and_places_the_rest():
     df = blobs_table(n=240, d=8, centers=3)
     Xs, _ = R.standardize(df)

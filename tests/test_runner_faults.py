@@ -382,3 +382,28 @@ def test_a_real_kernel_that_segfaults_is_a_failed_step_with_its_report(project, 
     status = runner.read_status(run)
     assert status["status"] == "failed" and status["step_status"]["01_load"]["status"] == "failed"
     assert not [p for p in (run / "notebooks").iterdir() if p.name != "01_load.ipynb"]
+
+
+# ----------------------------------------------------------------------------- checks up front
+def no_vesicle_params(tiny_params: dict, **extra) -> dict:
+    """The tiny demo with its vesicle cloud unannotated (label id 0): types needing it are refused."""
+    labels = {b: {"mito": 5, "vesicle": 0, "cleft": 7, "cleft2": 7} for b in ("bbox1", "bbox2")}
+    return {**tiny_params, "label_table": labels, **extra}
+
+
+@pytest.mark.parametrize("extra, needles", [
+    ({"segmentation_type": 6}, ("segmentation type 6 (vesicle) needs a vesicle-cloud label", "labels.vesicle: 0",
+                                "Types this dataset supports: 0, 3, 7, 8")),
+    ({"segmentation_type": 7, "crop_mode": "presynapse"}, ("crop_mode 'presynapse'", "use crop_mode 'cleft'")),
+])
+def test_a_type_the_dataset_cannot_serve_is_refused_before_any_run_directory(project, fake, caplog, capsys, tiny_params,
+                                                                            extra, needles):
+    import yaml
+
+    (project / "bad.yaml").write_text(yaml.safe_dump(no_vesicle_params(tiny_params, **extra)))
+    assert main(["run", "bad.yaml"]) == 2
+    message = assert_one_line_error(caplog, capsys, "bad.yaml: ", *needles)
+    assert "Traceback" not in message
+    assert fake.calls == [] and not (project / "runs").exists() and not (project / "reports").exists()
+    # steps that read neither key are not held back by it
+    assert runner.run_pipeline(no_vesicle_params(tiny_params, **extra), run_dir="runs/later", only=["03_reduce"]).ok

@@ -319,3 +319,19 @@ def test_a_failed_sweep_write_keeps_the_previous_summary(tmp_path, monkeypatch):
         sweep.run_sweep(spec, sweep_dir=sw, reports_root=None)
     assert (sw / "summary.csv").read_text() == good
     assert json.loads((sw / "status.json").read_text())["status"] == "ok"
+
+
+def test_a_grid_type_the_dataset_cannot_serve_names_its_combinations_before_anything_runs(tiny_params, tmp_path, monkeypatch):
+    ran = fake_pipeline(monkeypatch)
+    labels = {b: {"mito": 5, "vesicle": 0, "cleft": 7, "cleft2": 7} for b in ("bbox1", "bbox2")}
+    spec = write_spec(tmp_path / "s.yaml", {**tiny_params, "label_table": labels},
+                      {"segmentation_type": [7, 6, 9], "alpha": [0.5, 1.0]})
+    with pytest.raises(C.ConfigError) as exc:
+        sweep.run_sweep(spec, runs_root=tmp_path / "runs", reports_root=None)
+    lines = str(exc.value).splitlines()
+    assert lines[0].startswith(f"{spec}: 4 of 6 combination(s) ask for what their dataset cannot serve")
+    bad = [c.name for c in sweep.expand(sweep.read_spec(spec)) if c.params["segmentation_type"] in (6, 9)]
+    assert [ln.split(":")[0].strip() for ln in lines[1:]] == [f"combination {n}" for n in bad]
+    assert "segmentation type 9 (vesicle + cleft) needs a vesicle-cloud label" in str(exc.value)
+    assert "Types this dataset supports: 0, 3, 7, 8" in lines[1]
+    assert ran == [] and not (tmp_path / "runs").exists()

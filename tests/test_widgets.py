@@ -769,3 +769,87 @@ def test_preview_refuses_a_type_the_dataset_cannot_serve(tiny_params, tmp_path):
     assert "segmentation type 5 (pre + post + vesicle + cleft) needs a vesicle-cloud label" in pv.message.value
     panel.form.widgets["segmentation_type"].value = 7
     assert pv.rendered is not None and pv.message.value == ""
+
+
+# --------------------------------------------------------------------------------------
+# checks up front, and the widgets of the newer parameters
+# --------------------------------------------------------------------------------------
+def test_the_panel_refuses_a_type_the_dataset_cannot_serve_before_any_run_folder(tiny_params, tmp_path):
+    no_vesicle = {b: {"mito": 5, "vesicle": 0, "cleft": 7, "cleft2": 7} for b in ("bbox1", "bbox2")}
+    panel = widgets.ControlPanel({**tiny_params, "label_table": no_vesicle, "segmentation_type": 7},
+                                 runs_root=tmp_path / "runs", params_dir=tmp_path)
+    form, runs = panel.form, panel.runs
+    assert "all parameters valid" in form.status.value and not runs.run_button.disabled
+    form.widgets["segmentation_type"].value = 6
+    status = form.status.value
+    assert "all parameters valid" not in status and "snb-error" in status
+    assert "segmentation type 6 (vesicle) needs a vesicle-cloud label" in status and "Types this dataset supports: 0, 3, 7, 8" in status
+    assert "labels.vesicle: 0" in form.fields["segmentation_type"].message.value
+    assert runs.run_button.disabled and "segmentation type 6" in runs.run_button.tooltip and "Run is off" in runs.blocked.value
+    runs._guarded(runs.start_run)  # a click that gets through anyway is refused before any folder exists
+    assert "segmentation type 6 (vesicle)" in runs.message.value and not (tmp_path / "runs").exists()
+    # a smart crop needs the presynaptic side, which this dataset cannot tell
+    form.widgets["segmentation_type"].value = 7
+    assert not runs.run_button.disabled and runs.blocked.value == ""
+    form.widgets["crop_mode"].value = "presynapse"
+    assert runs.run_button.disabled and "crop_mode 'presynapse'" in form.fields["crop_mode"].message.value
+    form.widgets["crop_mode"].value = "cleft"
+    assert "all parameters valid" in form.status.value and not runs.run_button.disabled
+    # a sweep started from the panel names its combinations the dataset cannot serve
+    spec = tmp_path / "bad_sweep.yaml"
+    spec.write_text(yaml.safe_dump({"base": {**tiny_params, "label_table": no_vesicle}, "grid": {"segmentation_type": [7, 6]}}))
+    runs._guarded(lambda: runs.start_sweep(spec))
+    assert "1 of 2 combination(s)" in runs.message.value and "combination segmentation_type6-" in runs.message.value
+    assert not (tmp_path / "runs").exists()
+
+
+def test_newer_parameters_get_fitting_widgets_and_an_int_choice_round_trips(panel, tmp_path):
+    w = panel.form.widgets
+    rot = w["rotation_averaging"]
+    assert isinstance(rot, W.Dropdown) and list(rot.options) == [1, 2, 4] and rot.value == 1
+    assert isinstance(w["orient_cubes"], W.Checkbox)
+    assert isinstance(w["descriptor_weight"], W.FloatSlider) and (w["descriptor_weight"].min, w["descriptor_weight"].max) == (0.0, 1.0)
+    for key, options in (("intensity_normalization", ["minmax", "cube", "mask"]), ("feature_set", ["deep", "descriptors", "hybrid"]),
+                         ("k_selection", ["silhouette", "gap", "stability", "consensus"])):
+        assert isinstance(w[key], W.Dropdown) and list(w[key].options) == options
+    rot.value = 4
+    cfg = panel.config()
+    assert cfg.rotation_averaging == 4 and type(cfg.rotation_averaging) is int
+    panel.files.name.value = "rot.yaml"
+    saved = yaml.safe_load(panel.files.save().read_text())
+    assert saved["rotation_averaging"] == 4 and type(saved["rotation_averaging"]) is int
+    rot.value = 2
+    assert panel.files.load("rot.yaml") and rot.value == 4 and panel.config().rotation_averaging == 4
+    panel.form.set_values({**saved, "rotation_averaging": 2})
+    assert rot.value == 2 and panel.config().rotation_averaging == 2
+
+
+def test_preview_marks_the_cleft_and_names_undecided_sides_1_and_2(tiny_params, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from synapse_nb.figures.markers import MARK_COLORS
+    from synapse_nb.ui.preview import mark_pixel
+
+    no_vesicle = {b: {"mito": 5, "vesicle": 0, "cleft": 7, "cleft2": 7} for b in ("bbox1", "bbox2")}
+    for labels, sides in (({}, {"pre", "post"}), (no_vesicle, {"1", "2"})):
+        panel = widgets.ControlPanel({**tiny_params, "label_table": labels, "segmentation_type": 0},
+                                     runs_root=tmp_path / "runs", params_dir=tmp_path)
+        pv = panel.preview
+        pv.select("bbox1", pv.synapse.options[0][1])
+        marks = {m.kind: m for m in pv.marks["z"]}
+        assert (marks["cleft"].row, marks["cleft"].col, marks["cleft"].in_slice) == (16, 16, True)
+        assert {m.label for m in pv.markers if m.kind != "cleft"} == sides
+        img = Image.open(io.BytesIO(pv.images["z"].value)).convert("RGB")
+        scale = img.size[0] // 32
+        cleft_rgb = tuple(int(MARK_COLORS["cleft"][i:i + 2], 16) for i in (1, 3, 5))
+        assert img.getpixel(mark_pixel(marks["cleft"], scale)) == cleft_rgb
+        assert "+ cleft centre" in pv.title.value
+        if labels:  # undecided: the table names sides 1 and 2 and leaves out pre/post measures
+            assert "<td>side 1</td>" in pv.morph.value and "pre ·" not in pv.morph.value and "post ·" not in pv.morph.value
+            assert "pre_volume_vox" not in pv.morph.value and "post_volume_vox" not in pv.morph.value
+        else:
+            assert "pre · seg" in pv.morph.value and "pre_volume_vox" in pv.morph.value
+        pv.depth.value = 3  # far from the cleft: its marker is projected onto the slice
+        assert not {m.kind: m for m in pv.marks["z"]}["cleft"].in_slice

@@ -25,10 +25,13 @@ from .clustering import (
     stability,
     truth_or,
 )
+from .brightness import BrightnessCheck, brightness_check, intensity_column
 from .compare import (
+    DescriptorAnalysis,
     SizeAnalysis,
     cliffs_delta,
     delta_magnitude,
+    descriptor_analysis,
     guess_size_columns,
     holm,
     kruskal_tests,
@@ -38,6 +41,16 @@ from .compare import (
     size_summary,
 )
 from .export import obs_names, to_anndata
+from .k_selection import (
+    consensus_k,
+    gap_statistic,
+    pick_gap,
+    pick_silhouette,
+    pick_stability,
+    prediction_strength,
+    uniform_reference,
+)
+from .feature_sets import FEATURE_SETS, FeatureMatrix, assemble
 from .reduce import (
     Scaler,
     check_finite,
@@ -58,11 +71,17 @@ from .reduce import (
 )
 
 __all__ = [
+    "BrightnessCheck",
     "ClusterResult",
+    "DescriptorAnalysis",
+    "FEATURE_SETS",
+    "FeatureMatrix",
     "Scaler",
     "SizeAnalysis",
     "agreement",
     "agreement_table",
+    "assemble",
+    "brightness_check",
     "check_finite",
     "check_k",
     "chosen_k",
@@ -70,15 +89,19 @@ __all__ = [
     "cluster",
     "cluster_names",
     "clusters_table",
+    "consensus_k",
     "contingency",
     "default_min_cluster_size",
     "delta_magnitude",
+    "descriptor_analysis",
     "embedding_columns",
     "feature_columns",
     "feature_matrix",
     "finite_matrix",
+    "gap_statistic",
     "guess_size_columns",
     "holm",
+    "intensity_column",
     "k_values",
     "kruskal_tests",
     "metadata",
@@ -89,6 +112,10 @@ __all__ = [
     "pca",
     "pca_columns",
     "perplexity_for",
+    "pick_gap",
+    "pick_silhouette",
+    "pick_stability",
+    "prediction_strength",
     "random_members",
     "reduce_features",
     "relabel_by_size",
@@ -105,4 +132,5 @@ __all__ = [
     "truth_or",
     "tsne_embed",
     "umap_embed",
+    "uniform_reference",
 ]

@@ -10,6 +10,10 @@ Scaling rules (2-core machine, up to ~100k synapses):
   of that many rows (exact silhouette is O(n^2)).
 * Ward needs all pairwise distances: at most :data:`WARD_MAX_N` rows, else a clear error.
 * Stability works on a seeded random subset of at most :data:`STABILITY_MAX_N` rows.
+* Choosing k by gap or prediction strength (``criterion`` of :func:`select_k`) refits on
+  reference data and halves: a seeded subset of at most ``k_selection.SELECTION_MAX_N``
+  rows, kmeans with ``k_selection.RESAMPLE_N_INIT`` restarts; the seconds per criterion are
+  in the selection table's ``attrs['seconds']``.
 * scikit-learn runs with :data:`THREADS` OpenMP/BLAS threads (default 1). Measured on the
   2-core target while other work ran: 9 MiniBatchKMeans fits on 100k rows took 2.2 s with one
   thread and 19.6 s with two (OpenMP threads spin-waiting for a busy core); single-threaded
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -30,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.progress_bars import progress
+from . import k_selection as KS
+from .k_selection import within_ss as _within_ss
 
 if TYPE_CHECKING:
 
@@ -166,25 +173,17 @@ def _silhouette(X: np.ndarray, labels: np.ndarray, seed: int, sample: int = SILH
     return float(silhouette_score(Xk, lk))
 
 
-def _within_ss(X: np.ndarray, labels: np.ndarray) -> float:
-    total = 0.0
-    for u in set(labels.tolist()) - {NOISE}:
-        m = X[labels == u]
-        total += float(((m - m.mean(axis=0)) ** 2).sum())
-    return total
-
-
 def default_min_cluster_size(n: int) -> int:
     """HDBSCAN default: 1% of the synapses, at least 5 (at most n // 2 for tiny data)."""
     return int(max(2, min(max(5, n // 100), n // 2)))
 
 
-def _kmeans(X: np.ndarray, k: int, seed: int):
+def _kmeans(X: np.ndarray, k: int, seed: int, n_init: int | None = None):
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     if X.shape[0] > MINIBATCH_MIN_N:
         return MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3).fit(X)
-    return KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_N_INIT).fit(X)
+    return KMeans(n_clusters=k, random_state=seed, n_init=n_init or KMEANS_N_INIT).fit(X)
 
 
 def _gmm(X: np.ndarray, k: int, seed: int, covariance_type: str):
@@ -227,7 +226,7 @@ def _labels_for_ks(X: np.ndarray, method: str, ks: Sequence[int], seed: int, opt
         tree = _ward_tree(X)
         return {k: _ward_cut(tree, k) for k in ks}
     if method == "kmeans":
-        return {k: _kmeans(X, k, seed).labels_ for k in ks}
+        return {k: _kmeans(X, k, seed, opts.get("n_init")).labels_ for k in ks}
     if method == "gmm":
         return {k: _gmm(X, k, seed, opts.get("covariance_type", "diag")).predict(X) for k in ks}
     labels, _ = _hdbscan(X, opts.get("min_cluster_size"), opts.get("min_samples"))
@@ -237,27 +236,8 @@ def _labels_for_ks(X: np.ndarray, method: str, ks: Sequence[int], seed: int, opt
 # --------------------------------------------------------------------------------------
 # k selection
 # --------------------------------------------------------------------------------------
-@_limit_threads
-def select_k(
-    Xs: np.ndarray,
-    k_range: tuple[int, int] | Sequence[int] = (2, 10),
-    seed: int = 42,
-    method: str = "kmeans",
-    *,
-    covariance_type: str = "diag",
-    show_progress: bool = True,
-) -> pd.DataFrame:
-    """Fit every k in ``k_range``; one row per k: ``k, inertia, silhouette, bic, chosen``.
-
-    KMeans and Ward choose the k with the highest silhouette (inertia is shown for the elbow
-    plot); the Gaussian mixture chooses the lowest BIC. The chosen k is also in
-    ``table.attrs["chosen_k"]`` (see :func:`chosen_k`).
-    """
-    method = _check_method(method)
-    if method == "hdbscan":
-        raise ValueError("hdbscan finds the number of clusters itself; select_k is for kmeans, gmm and ward")
-    X = finite_matrix(Xs)
-    ks = k_values(k_range, X.shape[0])
+def _silhouette_table(X: np.ndarray, ks: Sequence[int], seed: int, method: str, covariance_type: str, show_progress: bool) -> pd.DataFrame:
+    """One fit per k: ``k, inertia, silhouette, bic`` (BIC only for the Gaussian mixture)."""
     rows = []
     tree = _ward_tree(X) if method == "ward" else None
     for k in progress(ks, desc=f"select k ({method})", enabled=show_progress):
@@ -273,18 +253,82 @@ def select_k(
             labels = _ward_cut(tree, k)
             inertia = _within_ss(X, labels)
         rows.append({"k": k, "inertia": inertia, "silhouette": _silhouette(X, labels, seed), "bic": bic})
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def _resampling_criteria(X: np.ndarray, ks: Sequence[int], seed: int, method: str, criterion: str,
+                         n_refs: int, n_splits: int, show_progress: bool) -> tuple[list[pd.DataFrame], dict[str, float]]:
+    """The gap and/or prediction-strength columns ``criterion`` needs, with their seconds."""
+    Xr = KS.subsample(X, KS.SELECTION_MAX_N, seed)
+    ks_r = [k for k in ks if k <= Xr.shape[0] - 1]
+
+    def labeler(Z: np.ndarray, kk: Sequence[int], s: int) -> dict[int, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)  # kmeans on tiny halves
+            return _labels_for_ks(Z, method, kk, s, {"n_init": KS.RESAMPLE_N_INIT})
+
+    parts, seconds = [], {}
+    if criterion in ("gap", "consensus"):
+        t0 = time.perf_counter()
+        parts.append(KS.gap_statistic(Xr, labeler, ks_r, seed, n_refs=n_refs, show_progress=show_progress))
+        seconds["gap"] = time.perf_counter() - t0
+    if criterion in ("stability", "consensus"):
+        t0 = time.perf_counter()
+        parts.append(KS.prediction_strength(Xr, labeler, ks_r, seed, n_splits=n_splits, show_progress=show_progress))
+        seconds["stability"] = time.perf_counter() - t0
+    return parts, seconds
+
+
+@_limit_threads
+def select_k(
+    Xs: np.ndarray,
+    k_range: tuple[int, int] | Sequence[int] = (2, 10),
+    seed: int = 42,
+    method: str = "kmeans",
+    *,
+    criterion: str = KS.DEFAULT_CRITERION,
+    covariance_type: str = "diag",
+    n_refs: int = KS.GAP_REFERENCES,
+    n_splits: int = KS.PS_SPLITS,
+    threshold: float = KS.PS_THRESHOLD,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Fit every k in ``k_range``; one row per k: ``k, inertia, silhouette, bic``, the columns
+    of the criteria computed (``log_w, gap, gap_sd`` for gap, ``prediction_strength,
+    prediction_strength_sd`` for stability, both for consensus) and ``chosen``.
+
+    ``criterion`` (kmeans, ward): ``silhouette`` (highest), ``gap`` (``n_refs`` uniform
+    references), ``stability`` (prediction strength over ``n_splits`` halvings, largest k
+    reaching ``threshold``) or ``consensus`` (median of the three); see
+    :mod:`.k_selection`. The Gaussian mixture always chooses the lowest BIC. ``attrs``:
+    ``chosen_k``, ``criterion``, ``rule``, ``picks`` (the k of every criterion computed),
+    ``seconds`` (cost per criterion) and ``method``.
+    """
+    method = _check_method(method)
+    if method == "hdbscan":
+        raise ValueError("hdbscan finds the number of clusters itself; select_k is for kmeans, gmm and ward")
+    criterion = KS.check_criterion(criterion)
+    X = finite_matrix(Xs)
+    ks = k_values(k_range, X.shape[0])
+    t0 = time.perf_counter()
+    table = _silhouette_table(X, ks, seed, method, covariance_type, show_progress)
+    seconds = {"silhouette": time.perf_counter() - t0}
     if method == "gmm":
-        best = int(table["bic"].idxmin())
-        criterion = "bic"
+        if criterion != "silhouette":
+            logger.info("select_k: the Gaussian mixture chooses k by BIC; k_selection=%r not used", criterion)
+        criterion, chosen, found = "bic", int(table.loc[table["bic"].idxmin(), "k"]), {}
     else:
-        sil = table["silhouette"]
-        best = int(sil.idxmax()) if sil.notna().any() else 0
-        criterion = "silhouette"
-    table["chosen"] = False
-    table.loc[best, "chosen"] = True
-    table.attrs.update(chosen_k=int(table.loc[best, "k"]), method=method, criterion=criterion)
-    logger.info("select_k (%s): k=%d by %s", method, table.attrs["chosen_k"], criterion)
+        parts, extra = _resampling_criteria(X, ks, seed, method, criterion, n_refs, n_splits, show_progress)
+        seconds.update(extra)
+        for part in parts:
+            table = table.merge(part, on="k", how="left")
+        found = KS.picks(table, threshold)
+        chosen = found[criterion]
+    table["chosen"] = table["k"] == chosen
+    table.attrs.update(chosen_k=chosen, method=method, criterion=criterion, rule=KS.rule_text(criterion, threshold),
+                       picks=found, seconds={c: round(v, 3) for c, v in seconds.items()}, threshold=threshold)
+    logger.info("select_k (%s): k=%d by %s (%s); criteria %s; seconds %s", method, chosen, criterion,
+                table.attrs["rule"], found, table.attrs["seconds"])
     return table
 
 
@@ -329,9 +373,11 @@ def cluster(
     covariance_type: str = "diag",
     min_cluster_size: int | None = None,
     min_samples: int | None = None,
+    k_selection: str = KS.DEFAULT_CRITERION,
     show_progress: bool = True,
 ) -> ClusterResult:
-    """Cluster synapses; with ``k=None`` choose k over ``k_range`` (silhouette, or BIC for gmm).
+    """Cluster synapses; with ``k=None`` choose k over ``k_range`` by ``k_selection``
+    (``silhouette``, ``gap``, ``stability`` or ``consensus``, see :func:`select_k`; BIC for gmm).
 
     ``method``: ``kmeans`` (MiniBatchKMeans above MINIBATCH_MIN_N rows), ``gmm`` (diagonal
     covariances by default: full covariances need d^2 parameters per cluster, too many for a
@@ -350,7 +396,8 @@ def cluster(
         info.update(extra)
     else:
         if k is None:
-            selection = select_k(X, k_range, seed, method, covariance_type=covariance_type, show_progress=show_progress)
+            selection = select_k(X, k_range, seed, method, criterion=k_selection, covariance_type=covariance_type,
+                                 show_progress=show_progress)
             k = chosen_k(selection)
         k = check_k(k, n)
         if method == "kmeans":

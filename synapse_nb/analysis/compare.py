@@ -210,3 +210,106 @@ def size_analysis(df: pd.DataFrame, labels: np.ndarray | pd.Series | str, column
         pairwise=pairwise_effects(df, labels, columns, include_noise),
         columns=columns,
     )
+
+
+# --------------------------------------------------------------------------------------
+# every clustered descriptor
+# --------------------------------------------------------------------------------------
+#: MAD of a normal distribution is 0.6745 sigma: 1.4826 * MAD estimates sigma.
+MAD_TO_SD = 1.4826
+#: IQR of a normal distribution is 1.349 sigma.
+IQR_TO_SD = 1.349
+
+
+def robust_scale(values: np.ndarray) -> float:
+    """A spread that outliers do not inflate: 1.4826 MAD, else IQR / 1.349, else std, else 1."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan")
+    med = np.median(x)
+    for s in (MAD_TO_SD * np.median(np.abs(x - med)), (np.quantile(x, 0.75) - np.quantile(x, 0.25)) / IQR_TO_SD, x.std()):
+        if s > 0:
+            return float(s)
+    return 1.0
+
+
+@dataclass
+class DescriptorAnalysis:
+    """Which descriptors separate the clusters, and how (one row per descriptor in ``table``).
+
+    ``table``: ``descriptor, H, p, p_holm, epsilon2, max_abs_delta, pair, larger, magnitude, n``
+    sorted by the largest pairwise |Cliff's delta| (then epsilon^2); ``medians``: clusters x
+    descriptors; ``center`` / ``spread``: median and robust spread of each descriptor over all
+    synapses, which turn medians into robust z-scores.
+    """
+
+    table: pd.DataFrame
+    medians: pd.DataFrame
+    center: pd.Series
+    spread: pd.Series
+    pairwise: pd.DataFrame
+    columns: list[str]
+
+    @property
+    def order(self) -> list[str]:
+        """Descriptors from the largest to the smallest effect."""
+        return self.table["descriptor"].tolist()
+
+    def robust_z(self) -> pd.DataFrame:
+        """Cluster medians as ``(median - overall median) / robust spread``, descriptors ordered by effect."""
+        return ((self.medians - self.center) / self.spread)[self.order]
+
+    def separating(self, alpha: float = 0.05, min_delta: float = 0.33) -> pd.DataFrame:
+        """Descriptors that differ between clusters (Holm p < alpha) with at least a medium-small effect."""
+        t = self.table
+        return t[(t["p_holm"] < alpha) & (t["max_abs_delta"] >= min_delta)]
+
+
+def descriptor_analysis(
+    frame: pd.DataFrame,
+    labels: np.ndarray | pd.Series | str,
+    columns: Sequence[str] | None = None,
+    *,
+    include_noise: bool = False,
+) -> DescriptorAnalysis:
+    """Kruskal-Wallis (Holm across descriptors) and the largest pairwise |Cliff's delta| of every
+    descriptor, plus a cluster-median table. ``columns`` default to the clustered descriptor
+    columns of ``frame`` (:func:`synapse_nb.cubes.descriptors.descriptor_columns`); synapses
+    without a value (NaN: not annotated) are left out per descriptor, noise unless ``include_noise``.
+    """
+    if columns is None:
+        from ..cubes.descriptors import descriptor_columns
+
+        columns = descriptor_columns(frame, clustered_only=True)
+        if not columns:
+            raise ValueError(
+                "the table has no descriptor columns (vesicle_volume_um3, cleft_area_um2, ...): rebuild the cubes "
+                "(01_cubes) with this version, or name the columns to compare with columns=[...]"
+            )
+    columns = _check_columns(frame, columns)
+    kw = kruskal_tests(frame, labels, columns, include_noise).set_index("measure")
+    pw = pairwise_effects(frame, labels, columns, include_noise)
+    rows = []
+    for col in columns:
+        sub = pw[(pw["measure"] == col) & pw["cliffs_delta"].notna()]
+        best = sub.loc[sub["cliffs_delta"].abs().idxmax()] if len(sub) else None
+        delta = float(best["cliffs_delta"]) if best is not None else float("nan")
+        rows.append({
+            "descriptor": col, "H": kw.loc[col, "H"], "p": kw.loc[col, "p"], "p_holm": kw.loc[col, "p_holm"],
+            "epsilon2": kw.loc[col, "epsilon2"], "max_abs_delta": abs(delta),
+            "pair": f"{best['cluster_a']} vs {best['cluster_b']}" if best is not None else "",
+            "larger": (best["cluster_a"] if delta > 0 else best["cluster_b"] if delta < 0 else "") if best is not None else "",
+            "magnitude": delta_magnitude(delta), "n": int(kw.loc[col, "n"]),
+        })
+    table = pd.DataFrame(rows)
+    table = table.sort_values(["max_abs_delta", "epsilon2"], ascending=False, na_position="last", kind="stable")
+    lab, cats = _groups(frame, labels, include_noise)
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").astype(float)
+    medians = values.groupby(lab.to_numpy()).median().reindex(cats)
+    medians.index.name = CLUSTER_COLUMN
+    center = values.median()
+    spread = pd.Series({c: robust_scale(values[c].to_numpy()) for c in columns})
+    return DescriptorAnalysis(
+        table=table.reset_index(drop=True), medians=medians, center=center, spread=spread, pairwise=pw, columns=columns,
+    )

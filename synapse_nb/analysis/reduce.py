@@ -37,7 +37,7 @@ import pandas as pd
 from ..core.progress_bars import progress
 
 if TYPE_CHECKING:
-    pass
+    from .feature_sets import FeatureMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,8 @@ def _tsne_fit(Z: np.ndarray, n_components: int, perplexity: float, seed: int, ma
         logger.info("tsne: perplexity %.1f lowered to %.2f for %d synapses", perplexity, p, n)
     method = "barnes_hut" if n_components <= 3 else "exact"
     model = TSNE(
-        n_components=n_components, perplexity=p, random_state=seed, init="pca",
+        n_components=n_components, perplexity=p, random_state=seed,
+        init="pca" if Z.shape[1] >= n_components else "random",  # PCA init needs as many input dimensions
         learning_rate="auto", method=method, max_iter=max_iter,
     )
     with threadpool_limits(limits=THREADS):
@@ -394,14 +395,21 @@ def reduce_features(
     low_memory: bool = True,
     prefix: str = DEFAULT_PREFIX,
     show_progress: bool = True,
+    matrix: FeatureMatrix | None = None,
 ) -> pd.DataFrame:
     """Standardise, PCA, then UMAP / t-SNE in each of ``dims``; one table indexed like ``df``.
+
+    ``matrix`` (from :func:`synapse_nb.analysis.feature_sets.assemble`) is what is reduced
+    when given: the deep features, the descriptors or both, already scaled per block, and used
+    as is (standardising it again per column would undo the hybrid block weights). Without it
+    the ``feat_*`` columns of ``df`` are standardised (feature set ``deep``).
 
     Columns: ``pca_1..pca_m`` (PCA scores, the space clustering should use; the standardised
     features themselves when ``pca_components`` is None), then ``umap_1, umap_2``,
     ``umap3d_1..3``, ``tsne_1, tsne_2``, ``tsne3d_1..3`` as asked.
-    ``attrs["reduce"]`` holds the parameters, the explained-variance ratio, what was done for
-    large data (t-SNE sampling) and the time of each step.
+    ``attrs["reduce"]`` holds the parameters, the feature set (columns per block, notes on
+    dropped or imputed descriptors), the explained-variance ratio, what was done for large
+    data (t-SNE sampling) and the time of each step.
     """
     methods = tuple(m.lower() for m in methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -412,7 +420,23 @@ def reduce_features(
         raise ValueError(f"embedding dims must be 2 or 3, got {bad_dims}")
     timer = _Timer()
     t0 = time.perf_counter()
-    Xs, scaler = standardize(df, prefix=prefix)
+    if matrix is None:
+        Xs, scaler = standardize(df, prefix=prefix)
+        n_constant = scaler.n_constant
+        fs_info: dict[str, Any] = {
+            "feature_set": "deep", "descriptor_weight": None, "n_columns": {"deep": Xs.shape[1]},
+            "descriptor_columns": [], "notes": [],
+        }
+    else:
+        if len(matrix.matrix) != len(df) or not matrix.matrix.index.equals(df.index):
+            raise ValueError(
+                f"the assembled matrix has {len(matrix.matrix)} rows indexed differently from the {len(df)}-row "
+                "features table; assemble it from this table: assemble(df, feature_set=...)"
+            )
+        Xs = matrix.values
+        check_finite(Xs, row_names(df))
+        n_constant = matrix.n_constant
+        fs_info = matrix.info()
     timer.add("standardize", t0)
     n, d = Xs.shape
     if methods:
@@ -423,7 +447,7 @@ def reduce_features(
     timer.add("pca", t0)
     out = pd.DataFrame(Z.astype(np.float32), index=df.index, columns=[f"{PCA_PREFIX}{i}" for i in range(1, Z.shape[1] + 1)])
     info: dict[str, Any] = {
-        "n_synapses": n, "n_features": d, "n_constant_features": scaler.n_constant,
+        "n_synapses": n, "n_features": d, "n_constant_features": n_constant, **fs_info,
         "pca_components": pca_components, "n_pca": int(Z.shape[1]) if pca_components is not None else 0,
         "explained_variance_ratio": [float(v) for v in evr], "seed": seed,
         "methods": list(methods), "dims": [int(x) for x in dims],
@@ -462,6 +486,12 @@ def summary(emb: pd.DataFrame) -> str:
     info = emb.attrs.get("reduce", {})
     evr = info.get("explained_variance_ratio") or []
     parts = [f"{info.get('n_synapses', len(emb))} synapses x {info.get('n_features', '?')} features standardised"]
+    fs = info.get("feature_set")
+    if fs and fs != "deep":
+        counts = ", ".join(f"{v} {k}" for k, v in (info.get("n_columns") or {}).items())
+        weight = info.get("descriptor_weight")
+        share = f", descriptors hold {100 * weight:.0f}% of the variance" if fs == "hybrid" and weight is not None else ""
+        parts.append(f"feature set {fs} ({counts}{share})")
     if info.get("n_pca"):
         parts.append(f"PCA to {info['n_pca']} components keeping {100 * sum(evr):.1f}% of the variance")
     timings = info.get("timings", {})

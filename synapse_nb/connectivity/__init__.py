@@ -1,10 +1,25 @@
-"""Synapses that share a presynaptic neurite: groups, distance statistics, permutation test and the
-summary page.
+"""Synapses that share a presynaptic neurite (or, when pre/post polarity is unknown, a neurite on
+either side): groups, distance statistics, permutation test and the summary page.
 """
 
 from __future__ import annotations
 
-from .groups import PresynapseAnalysis, analyze, assign_groups, group_name, group_table
+from .groups import (
+    GROUPING_MODES,
+    GROUPING_TEXT,
+    MIN_DECIDED_FRACTION,
+    GroupingChoice,
+    PresynapseAnalysis,
+    analyze,
+    assign_groups,
+    assign_groups_either_side,
+    choose_grouping,
+    group_name,
+    group_table,
+    polarity_decided,
+    side_ids,
+    summary_sentence,
+)
 from .stats import (
     PermutationResult,
     as_points,
@@ -31,11 +46,17 @@ from .summary_page import (
 )
 
 __all__ = [
+    "GROUPING_MODES",
+    "GROUPING_TEXT",
+    "MIN_DECIDED_FRACTION",
+    "GroupingChoice",
     "PermutationResult",
     "PresynapseAnalysis",
     "analyze",
     "as_points",
     "assign_groups",
+    "assign_groups_either_side",
+    "choose_grouping",
     "distance_distributions",
     "distance_heatmap",
     "distance_pairs",
@@ -53,7 +74,10 @@ __all__ = [
     "null_figure",
     "pair_distances",
     "permutation_test",
+    "polarity_decided",
+    "side_ids",
     "summary_html",
+    "summary_sentence",
     "table_html",
     "write_summary",
 ]

@@ -24,7 +24,7 @@ from ..core import labels as L
 from ..core.progress_bars import progress
 from ..figures.gallery import cube_rows, render_rows
 from ..figures.maps import note_figure
-from .stats import AXON_COLUMN, GROUP_COLUMN
+from .stats import GROUP_COLUMN
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -62,8 +62,8 @@ def _palette(n: int) -> list[str]:
     return [colors[i % len(colors)] for i in range(n)]
 
 
-def _no_groups_figure(title: str) -> "go.Figure":
-    return note_figure("No presynaptic neurite makes two or more analysed synapses.", title)
+def _no_groups_figure(analysis: "PresynapseAnalysis", title: str) -> "go.Figure":
+    return note_figure(analysis.words()["no_groups"], title)
 
 
 def distance_scale(analysis: "PresynapseAnalysis") -> float:
@@ -99,7 +99,7 @@ def group_heatmaps(analysis: "PresynapseAnalysis", max_groups: int = 12, cols: i
 
     title = "Pairwise distances within each group"
     if not analysis.n_groups:
-        return _no_groups_figure(title)
+        return _no_groups_figure(analysis, title)
     names = analysis.groups[GROUP_COLUMN].head(max_groups).tolist()
     cols = min(cols, len(names))
     rows = (len(names) + cols - 1) // cols
@@ -123,7 +123,7 @@ def distance_distributions(analysis: "PresynapseAnalysis") -> "go.Figure":
 
     title = "Distances within groups and between neurites"
     if not len(analysis.intra):
-        return _no_groups_figure(title)
+        return _no_groups_figure(analysis, title)
     where = "same bbox" if analysis.scope == "bbox" else "any bbox"
     fig = go.Figure()
     for name, vals, color in ((f"same neurite ({len(analysis.intra)} pairs)", analysis.intra, "#d62728"),
@@ -146,7 +146,7 @@ def null_figure(analysis: "PresynapseAnalysis") -> "go.Figure":
     t = analysis.test
     title = "Permutation test: mean distance within groups"
     if not t.n_groups:
-        return _no_groups_figure(title)
+        return _no_groups_figure(analysis, title)
     fig = go.Figure(go.Histogram(x=t.null, name="shuffled neurite labels", nbinsx=40, marker={"color": "#7f7f7f"}))
     fig.add_vline(x=t.statistic, line_color="#d62728", line_width=3, annotation_text="observed", annotation_position="top")
     fig.update_layout(title={"text": f"{title}: observed {t.statistic:.3g}, p = {t.p_value:.3g} ({t.n_permutations} permutations)"},
@@ -180,7 +180,8 @@ def group_map(
     if len(bg) > max_background:
         bg = bg.iloc[np.sort(np.random.default_rng(seed).choice(len(bg), max_background, replace=False))]
         note = f" (random {max_background:,} of the other synapses)"
-    hover_cols = [c for c in (L.NAME_COLUMN, L.BBOX_COLUMN, AXON_COLUMN, "cluster", analysis.class_column) if c and c in syn.columns]
+    hover_cols = [c for c in (L.NAME_COLUMN, L.BBOX_COLUMN, analysis.label_column, "cluster", analysis.class_column)
+                  if c and c in syn.columns]
 
     def custom(df: pd.DataFrame) -> np.ndarray:
         return df[hover_cols].astype(str).to_numpy()
@@ -207,7 +208,7 @@ def group_map(
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{len(names)} groups",
                                  customdata=cd, hovertemplate=tmpl, connectgaps=False,
                                  line={"color": "#d62728", "width": 1.5}, marker={"color": "#d62728", "size": 7}))
-    title = "Synapses of one presynaptic neurite, joined by lines" if len(names) != 1 else f"{names[0]} on the map"
+    title = analysis.words()["map_title"] if len(names) != 1 else f"{names[0]} on the map"
     fig.update_layout(title={"text": title + note}, xaxis_title=x, yaxis_title=y, height=HEIGHT, template="plotly_white",
                       legend={"title": {"text": "neurite"}})
     return fig
@@ -232,7 +233,7 @@ def group_montage(
     if not names:
         fig, ax = plt.subplots(figsize=(6, 0.8))
         ax.axis("off")
-        ax.text(0.5, 0.5, "No presynaptic neurite makes two or more analysed synapses.", ha="center", va="center")
+        ax.text(0.5, 0.5, analysis.words()["no_groups"], ha="center", va="center")
         plt.close(fig)
         return fig
     members = {g: analysis.members(g).head(max_members) for g in names}
@@ -249,7 +250,7 @@ def group_montage(
                 if p == 0:
                     ax.set_title(str(sub[L.NAME_COLUMN].iloc[j]), fontsize=6, loc="left")
         axes[r][0].text(-0.15, 0.5, str(g), transform=axes[r][0].transAxes, rotation=90, va="center", ha="right", fontsize=7)
-    fig.suptitle(f"Synapses sharing a presynaptic neurite; planes z, y, x through the centre (segmentation type "
+    fig.suptitle(f"{analysis.words()['group_of']}; planes z, y, x through the centre (segmentation type "
                  f"{cfg.segmentation_type}, alpha {cfg.alpha})", fontsize=8)
     height = fig.get_figheight()
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # leave the suptitle its own line
@@ -341,7 +342,8 @@ def summary_html(analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None,
     overview = [
         f'<section id="overview"><h1>{html.escape(title)}</h1>',
         f'<p class="headline">{markdown_to_html(analysis.headline())}</p>',
-        "<h2>Are synapses of the same presynaptic neurite more alike?</h2>",
+        f"<p>{markdown_to_html(analysis.grouping_sentence())}</p>",
+        f"<h2>{html.escape(analysis.words()['question'])}</h2>",
         f"<p>{markdown_to_html(analysis.test_sentence())}</p>",
         figure_html(distance_distributions(analysis)),
         figure_html(null_figure(analysis)),
@@ -349,8 +351,7 @@ def summary_html(analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None,
         table_html(analysis.groups, anchors, GROUP_COLUMN),
         figure_html(group_map(analysis)),
         "<h2>Excluded synapses</h2>",
-        "<p>Synapses whose presynaptic neurite is unknown or uncertain, or that have no features; they take no part in "
-        "the groups or the test.</p>",
+        f"<p>{html.escape(analysis.words()['excluded'])}</p>",
         table_html(analysis.excluded),
         "<h2>Ambiguous pre/post decisions</h2>",
         table_html(analysis.ambiguous),

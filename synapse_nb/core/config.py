@@ -103,7 +103,7 @@ class Config(BaseModel):
     clustering_method: Literal["kmeans", "gmm", "hdbscan", "ward"] = Field("kmeans", description="clustering algorithm")
     n_clusters: int = Field(0, ge=0, description="number of clusters; 0 = choose with k_selection")
     k_selection: Literal["silhouette", "gap", "stability", "consensus"] = Field(
-        "silhouette", description="how k is chosen when n_clusters is 0 (gmm always uses BIC)"
+        "consensus", description="how k is chosen when n_clusters is 0: silhouette, gap statistic, stability (prediction strength) or consensus (the median of the three); gmm always uses BIC"
     )
     k_min: int = Field(2, ge=2, description="smallest k tried when choosing")
     k_max: int = Field(10, ge=2, description="largest k tried when choosing")

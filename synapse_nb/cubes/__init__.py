@@ -1,11 +1,19 @@
 """One cube per synapse: crop geometry, the pre/post decision, structure bits, rendering to network
-input, morphometrics and the cube store. The rules are explained in ``docs/cubes.md``.
+input, morphometrics and descriptors, and the cube store. The rules are explained in ``docs/cubes.md``.
 """
 
 from __future__ import annotations
 
 from .build import SynapseCube, build_cubes, build_synapse
 from .components import closest_component, dilate6
+from .descriptors import (
+    DESCRIPTORS,
+    Annotated,
+    Descriptor,
+    descriptor_columns,
+    measure_cube,
+    readable_table,
+)
 from .geometry import (
     CROP_MODES,
     CropBox,
@@ -15,6 +23,9 @@ from .geometry import (
     bbox_grid,
     check_points,
     crop_centre,
+    orient_window_edge,
+    oriented_valid_mask,
+    rotation_from_info,
     valid_mask_from_pads,
 )
 from .morphometry import (
@@ -22,26 +33,55 @@ from .morphometry import (
     SIZE_COLUMNS,
     add_physical_units,
     cleft_area,
+    mito_near_pre_voxels,
     morphometrics,
+    sheet_area,
 )
-from .prepost import PartnerSides, PrePost, check_sides, decide_pre_post
+from .orientation import (
+    CleftFrame,
+    cleft_frame,
+    cube_to_volume,
+    orient_cube,
+    orientation_info,
+    volume_to_cube,
+)
+from .prepost import (
+    PartnerSides,
+    PrePost,
+    check_sides,
+    decide_pre_post,
+    partner_labels,
+    partner_table,
+    polarity_known,
+    side_decided,
+    sides_decided,
+)
 from .rendering import (
+    INTENSITY_NORMALIZATIONS,
     RenderedView,
     RenderSettings,
     check_segmentation_type,
+    cleft_normal_axes,
+    normalization_voxels,
     render,
     segmentation_mask,
+    zscore_to_unit,
 )
 from .store import CubeSet
 
 __all__ = [
     "CROP_MODES",
+    "DESCRIPTORS",
+    "INTENSITY_NORMALIZATIONS",
     "MORPHOMETRIC_VOXEL_KEYS",
     "SIZE_COLUMNS",
+    "Annotated",
+    "CleftFrame",
     "CropBox",
     "CubeGeometry",
     "CubeGrid",
     "CubeSet",
+    "Descriptor",
     "PartnerSides",
     "PrePost",
     "RenderSettings",
@@ -56,12 +96,33 @@ __all__ = [
     "check_segmentation_type",
     "check_sides",
     "cleft_area",
+    "cleft_frame",
+    "cleft_normal_axes",
     "closest_component",
     "crop_centre",
+    "cube_to_volume",
     "decide_pre_post",
+    "partner_labels",
+    "partner_table",
+    "polarity_known",
+    "side_decided",
+    "sides_decided",
+    "descriptor_columns",
     "dilate6",
+    "measure_cube",
+    "mito_near_pre_voxels",
     "morphometrics",
+    "orient_cube",
+    "orient_window_edge",
+    "orientation_info",
+    "oriented_valid_mask",
+    "normalization_voxels",
+    "readable_table",
     "render",
+    "rotation_from_info",
     "segmentation_mask",
+    "sheet_area",
     "valid_mask_from_pads",
+    "volume_to_cube",
+    "zscore_to_unit",
 ]

@@ -21,6 +21,7 @@ from ..core.errors import DataError
 from ..core.progress_bars import progress as progress_bar
 from ..data.bbox import BboxData
 from .components import closest_component
+from .descriptors import Annotated, measure_cube
 from .geometry import (
     CropBox,
     CubeGeometry,
@@ -37,7 +38,8 @@ from .geometry import (
     round_half_up,
     valid_mask_from_pads,
 )
-from .morphometry import add_physical_units, morphometrics
+from .morphometry import add_physical_units
+from .orientation import cleft_frame, orient_cube, orientation_info
 from .prepost import PartnerSides, PrePost, check_sides, decide_pre_post, far_side_reasons
 from .rendering import RenderSettings, render
 from .store import CubeSet
@@ -78,10 +80,14 @@ def build_synapse(
     bbox: str | None = None,
     synapse: str | None = None,
     table_row: int | None = None,
+    voxel_nm: tuple[float, float, float] = (8.0, 8.0, 8.0),
+    annotated: Annotated | None = None,
 ) -> SynapseCube:
     """Cut one synapse out of lazy volumes indexed [z, y, x]; coordinates are (x, y, z).
 
-    Reads one window per volume (see ``docs/cubes.md``). Raises :class:`SynapseError`
+    Reads one window per volume (see ``docs/cubes.md``). ``voxel_nm`` (z, y, x) is the cube's
+    voxel for the descriptors; ``annotated`` says which structures the dataset annotates
+    (None: from ``ids`` and which volumes are given). Raises :class:`SynapseError`
     naming ``bbox``, ``synapse`` and ``table_row`` when the synapse cannot be built.
     """
     where = _where(bbox, synapse, table_row)
@@ -105,8 +111,45 @@ def build_synapse(
     bits_v = _paint_structure_bits(windows.crop(crop.inside), prepost, ids, crop.target, known)
     raw_cube, bits, pad_value = _pad_into_cube(raw_v, bits_v, crop)
     info = _synapse_info(prepost, reasons, geometry.crop_mode, crop, pad_value)
-    info.update(morphometrics(bits))
+    # voxel morphometrics and descriptors, one call (docs/cubes.md, "Descriptors")
+    info.update(measure_cube(raw_cube, bits, voxel_nm=voxel_nm, annotated=annotated or _annotated(ids, seg, mask)))
+    if geometry.orient:  # everything above is measured on the plain cube; the rotated one is stored
+        raw_cube, bits, oriented = _oriented_cube(where, raw, windows, prepost, ids, center, geometry, shape)
+        info.update(oriented)
     return SynapseCube(raw=raw_cube, bits=bits, valid=None, info=info)
+
+
+def _oriented_cube(
+    where: str,
+    raw,
+    windows: LabelWindows,
+    prepost: PrePost,
+    ids: L.LabelIds,
+    center: np.ndarray,
+    geometry: CubeGeometry,
+    shape: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The cube rotated into the synapse's frame and its table columns (:mod:`.orientation`).
+
+    The larger source cube around the same centre is built like the plain one (same pre/post,
+    bits, padding), so every voxel of the rotated cube is sampled from real or padded data.
+    """
+    source = _place_cube(where, center, geometry.source_edge, shape, windows)
+    raw_s, bits_s, pad_value = _pad_into_cube(
+        _read_raw(where, raw, source),
+        _paint_structure_bits(windows.crop(source.inside), prepost, ids, source.target, {}),
+        source,
+    )
+    # side points as offsets from the cube centre (the source cube's centre voxel)
+    s1, s2 = (None if p is None else p - center for p in (prepost.sides.point1, prepost.sides.point2))
+    frame = cleft_frame(bits_s, size=int(geometry.size), pre_side=prepost.pre_side, side1=s1, side2=s2)
+    raw_o, bits_o = orient_cube(raw_s, bits_s, frame.rotation, size=int(geometry.size))
+    return raw_o, bits_o, orientation_info(frame, source, pad_value)
+
+
+def _annotated(ids: L.LabelIds, seg, mask) -> Annotated:
+    """What a synapse's volumes annotate: label ids that are not 0, a seg volume for the partners."""
+    return Annotated.from_ids(ids, has_seg=seg is not None, has_mask=mask is not None)
 
 
 def _where(bbox, synapse, table_row) -> str:
@@ -261,6 +304,11 @@ def build_cubes(
     can be built at all, :class:`DataError` lists the first reasons.
     """
     grids, cube_voxel = _cube_grids(bboxes, voxel_size_nm, target_voxel_nm)
+    if geometry.orient and len(set(cube_voxel)) > 1:
+        raise DataError(
+            f"oriented cubes need isotropic voxels, the cubes' voxel is {cube_voxel} nm (z, y, x); "
+            "set target_voxel_nm to resample them or turn orient_cubes off"
+        )
     out = _CubeBuffers.allocate(bboxes, int(geometry.size))
     offset = 0
     with progress_bar(total=out.total, desc="synapse cubes", unit="syn", enabled=progress) as bar:
@@ -337,6 +385,8 @@ def _build_record(b: BboxData, grid: CubeGrid, rec: dict, geometry: CubeGeometry
         bbox=b.name if t is None else f"{b.name} (on its {t:g} nm resampled grid)",
         synapse=name,
         table_row=trow,
+        voxel_nm=grid.voxel_nm,
+        annotated=_annotated(b.label_ids, b.seg, b.mask),
     )
 
 

@@ -4,13 +4,15 @@ A synapse table gives points in (x, y, z); volumes are indexed [z, y, x]. This m
 and converts those points (:func:`check_points`), says which boxes of the volumes are read
 (:func:`label_window`, :func:`decision_box`, :class:`LabelWindows`), where the cube is
 centred (:func:`crop_centre`) and how it sits against the volume border (:class:`CropBox`),
-and maps table points onto a resampled grid (:class:`CubeGrid`). The rules it implements
+maps table points onto a resampled grid (:class:`CubeGrid`) and says where the voxels of an
+oriented (rotated) cube come from (:func:`rotation_from_info`, :func:`oriented_valid_mask`).
+The rules it implements
 (windows, crop centre, padding, anisotropic voxels) are explained in ``docs/cubes.md``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,7 @@ class CubeGeometry:
     size: int = 80  # cube edge in voxels
     crop_mode: str = "cleft"  # "cleft" (centred on the cleft) or "presynapse" (smart crop)
     presynapse_weight: float = 0.7  # w: centre = (1-w)*cleft + w*CoM(presynaptic segment)
+    orient: bool = False  # rotate each cube to its cleft frame (see synapse_nb.cubes.orientation)
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 2:
@@ -45,6 +48,8 @@ class CubeGeometry:
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if not 0.0 <= float(self.presynapse_weight) <= 1.0:
             raise ValueError(f"presynapse_weight must be within [0, 1], got {self.presynapse_weight!r}")
+        if not isinstance(self.orient, (bool, np.bool_)):
+            raise ValueError(f"orient must be True or False, got {self.orient!r}")
 
     @property
     def margin(self) -> int:
@@ -53,15 +58,88 @@ class CubeGeometry:
             return 0
         return int(math.ceil(float(self.presynapse_weight) * self.size / 2))
 
+    @property
+    def source_edge(self) -> int:
+        """Edge of the cube built from the volumes: ``size``, or the larger window an oriented cube
+        is resampled from (every rotation of the ``size^3`` cube about its centre fits inside)."""
+        return orient_window_edge(int(self.size)) if self.orient else int(self.size)
+
     def as_dict(self) -> dict:
-        return {"size": int(self.size), "crop_mode": self.crop_mode, "presynapse_weight": float(self.presynapse_weight)}
+        return {
+            "size": int(self.size),
+            "crop_mode": self.crop_mode,
+            "presynapse_weight": float(self.presynapse_weight),
+            "orient": bool(self.orient),
+        }
+
+
+def orient_window_edge(size: int) -> int:
+    """Edge of the source cube an oriented ``size^3`` cube is resampled from.
+
+    Its half-diagonal is ``size * sqrt(3) / 2``, so ``ceil(size * sqrt(3))`` holds every
+    rotation; two more voxels keep the linear interpolation's neighbours inside too.
+    """
+    return int(math.ceil(int(size) * math.sqrt(3))) + 2
 
 
 def valid_mask_from_pads(size: int, info: dict) -> np.ndarray:
-    """Boolean (S,S,S): True where a cube with these ``pad_*`` entries lies inside the volume."""
+    """Boolean (S,S,S): True where a cube with these ``pad_*`` entries lies inside the volume.
+
+    An oriented cube (``info["oriented"]`` true) is valid where its nearest source voxel is:
+    computed from its rotation and the ``orient_pad_*`` entries of the window it was resampled from.
+    """
+    if is_oriented(info):
+        return oriented_valid_mask(size, info)
     out = np.zeros((size,) * 3, dtype=bool)
     sl = tuple(slice(int(info[f"pad_{a}_before"]), size - int(info[f"pad_{a}_after"])) for a in "zyx")
     out[sl] = True
+    return out
+
+
+def is_oriented(info) -> bool:
+    """Whether a cube's info / table row describes an oriented cube (missing or NaN: no)."""
+    getter = getattr(info, "get", None)
+    v = getter("oriented", False) if callable(getter) else False
+    return isinstance(v, (bool, np.bool_)) and bool(v)
+
+
+# --------------------------------------------------------------------------------------
+# oriented cubes (rotated about their centre, see synapse_nb.cubes.orientation)
+# --------------------------------------------------------------------------------------
+#: The rotation's table columns: ``orient_r{i}{j}`` = component j (z, y, x) of the cube's new axis i.
+ROTATION_COLUMNS = tuple(f"orient_r{i}{j}" for i in range(3) for j in range(3))
+
+
+def source_index_affine(rotation: np.ndarray, size: int, source_edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matrix and offset of output index -> source index (both cubes rotate about their centre voxel)."""
+    m = np.asarray(rotation, dtype=np.float64).T
+    return m, np.full(3, source_edge // 2, dtype=np.float64) - m @ np.full(3, size // 2, dtype=np.float64)
+
+
+def rotation_from_info(info: Mapping) -> np.ndarray:
+    """The (3, 3) rotation of an oriented cube's table row / info; the identity for a plain cube."""
+    if not is_oriented(info):
+        return np.eye(3)
+    try:
+        return np.array([float(info[c]) for c in ROTATION_COLUMNS]).reshape(3, 3)
+    except KeyError as exc:
+        raise KeyError(f"oriented cube row lacks rotation column {exc}; rebuild the cubes") from exc
+
+
+def oriented_valid_mask(size: int, info: Mapping) -> np.ndarray:
+    """Boolean (S,S,S): True where an oriented cube's nearest source voxel lies inside the volume.
+
+    Raw voxels next to the border of this region mix padding into their linear interpolation.
+    """
+    S, E = int(size), int(info["orient_window"])
+    lo = np.array([int(info[f"orient_pad_{a}_before"]) for a in "zyx"])
+    hi = E - np.array([int(info[f"orient_pad_{a}_after"]) for a in "zyx"])
+    matrix, offset = source_index_affine(rotation_from_info(info), S, E)
+    out = np.ones((S, S, S), dtype=bool)
+    grid = np.indices((S, S, S), dtype=np.float64).reshape(3, -1)
+    src = np.floor(matrix @ grid + offset[:, None] + 0.5)
+    for k in range(3):
+        out &= ((src[k] >= lo[k]) & (src[k] < hi[k])).reshape(S, S, S)
     return out
 
 
@@ -171,8 +249,11 @@ def decision_box(center: np.ndarray, size: int, shape: Sequence[int]) -> Box:
 
 
 def label_window(center: np.ndarray, geometry: CubeGeometry, shape: Sequence[int]) -> Box:
-    """The decision box grown by the smart-crop margin: the one seg/mask read per synapse."""
-    S = int(geometry.size)
+    """The decision box grown by the smart-crop margin: the one seg/mask read per synapse.
+
+    For an oriented cube the box is that of the larger source cube (:func:`orient_window_edge`).
+    """
+    S = geometry.source_edge  # an oriented cube is resampled from a larger cube around its centre
     h = S // 2
     m = geometry.margin
     return Box(np.maximum(center - h - m, 0), np.minimum(center - h + S + m, np.asarray(shape)))

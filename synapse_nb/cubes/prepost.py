@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 
 from ..core import labels as L
 from .components import closest_component
@@ -28,6 +30,12 @@ point lies outside the region the pre/post decision and the cube look at in at l
 direction (320 nm for the default 80-voxel cube at 8 nm). Annotators place side points just
 across the cleft, a few tens of voxels at most, so a point that far more likely names
 another neurite."""
+
+#: Reason words that mean the pre side was picked by convention, not read from the data.
+BY_CONVENTION = "by convention"
+#: Reason of every synapse of a dataset without a vesicle-cloud label: no side can be told presynaptic.
+NO_VESICLE_LABEL = "no vesicle-cloud label in this dataset"
+_UNDECIDED_REASONS = (BY_CONVENTION, NO_VESICLE_LABEL)
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,11 +150,11 @@ def _break_tie(
         pre_side = 1 if id1 != 0 else 2
         return pre_side, [f"chose side {pre_side}, the only side on a neurite"]
     if not ves_idx[0].size:
-        return 1, ["chose side 1 by convention"]
+        return 1, [f"chose side 1 {BY_CONVENTION}"]
     centroid = np.array([i.mean() for i in ves_idx])
     d1, d2 = _nearest_d2(seg_box, id1, centroid), _nearest_d2(seg_box, id2, centroid)  # type: ignore[arg-type]
     if d1 == d2:
-        return 1, ["both segments equally near the vesicle-cloud centroid: chose side 1 by convention"]
+        return 1, [f"both segments equally near the vesicle-cloud centroid: chose side 1 {BY_CONVENTION}"]
     pre_side = 1 if d1 < d2 else 2
     return pre_side, [f"chose side {pre_side}, whose segment is nearer to the vesicle-cloud centroid"]
 
@@ -172,7 +180,7 @@ def decide_pre_post(sides: PartnerSides, decision: LabelWindows, cleft: np.ndarr
         pre_side = 0  # no partner known: nothing to decide
     else:
         if not vesicle_known:
-            reasons.append("no vesicle-cloud label in this dataset")
+            reasons.append(NO_VESICLE_LABEL)
         elif ves_idx[0].size == 0:
             reasons.append("no vesicle cloud in the cleft-centred window")
         if ov1 != ov2:
@@ -182,3 +190,54 @@ def decide_pre_post(sides: PartnerSides, decision: LabelWindows, cleft: np.ndarr
             pre_side, why = _break_tie(seg_d, sides, ves_idx)
             reasons += why
     return PrePost(pre_side, sides, ov1, ov2, ves_d, tuple(reasons))
+
+
+# --------------------------------------------------------------------------------------
+# how tables and figures name the two partners
+# --------------------------------------------------------------------------------------
+def sides_decided(table: pd.DataFrame) -> pd.Series:
+    """Per row of a cube table: whether its presynaptic side was read from the data (``pre_side``
+    1 or 2, not picked by convention, not in a dataset without a vesicle-cloud label)."""
+    if "pre_side" not in table.columns:
+        return pd.Series(False, index=table.index)
+    side = pd.to_numeric(table["pre_side"], errors="coerce")
+    decided = side.isin([1, 2])
+    if "ambiguity_reason" in table.columns:
+        reason = table["ambiguity_reason"].fillna("").astype(str)
+        for words in _UNDECIDED_REASONS:
+            decided &= ~reason.str.contains(words, regex=False)
+    return decided
+
+
+def side_decided(row: Mapping[str, Any] | pd.Series) -> bool:
+    """:func:`sides_decided` for one row (a mapping or a table row)."""
+    return bool(sides_decided(pd.DataFrame([dict(row)])).iloc[0])
+
+
+def polarity_known(table: pd.DataFrame) -> bool:
+    """Whether any synapse of the table has a decided presynaptic side: when none has, tables
+    and figures call the partners "side 1" / "side 2" throughout."""
+    return bool(len(table)) and bool(sides_decided(table).any())
+
+
+def partner_labels(row: Mapping[str, Any] | pd.Series, *, known: bool = True, short: bool = False) -> tuple[str, str]:
+    """What to call side 1 and side 2 of a synapse: ("pre", "post") or ("post", "pre") when its
+    side is decided (and ``known``, the table's :func:`polarity_known`), else ("side 1",
+    "side 2") (``short``: ("1", "2")) so nothing claims a polarity nobody decided."""
+    if known and side_decided(row):
+        return ("pre", "post") if int(row["pre_side"]) == 1 else ("post", "pre")
+    return ("1", "2") if short else ("side 1", "side 2")
+
+
+def partner_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Two display columns, "side 1" and "side 2": each partner's segment id, prefixed by
+    "pre" / "post" where the synapse's side is decided (e.g. "pre · seg 12" / "seg 12")."""
+    decided = sides_decided(table)
+    pre = pd.to_numeric(table["pre_side"], errors="coerce") if "pre_side" in table.columns else pd.Series(0, index=table.index)
+    out = pd.DataFrame(index=table.index)
+    for k in (1, 2):
+        ids = table[f"side{k}_seg_id"] if f"side{k}_seg_id" in table.columns else pd.Series(pd.NA, index=table.index)
+        seg = ids.map(lambda v: "no segment" if pd.isna(v) or int(v) == 0 else f"seg {int(v)}")
+        role = pd.Series("", index=table.index).mask(decided & (pre == k), "pre · ").mask(decided & (pre != k), "post · ")
+        out[f"side {k}"] = role + seg
+    return out

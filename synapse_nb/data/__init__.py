@@ -9,7 +9,8 @@ Modules, from the bottom up:
 - ``seed_layout``: the original tool's folder layout;
 - ``description``: dataset description YAML files and what a dataset can serve;
 - ``datasets``: :func:`open_dataset`, the one entry that opens either, and a summary table;
-- ``demo``, ``vnc``: writers of the synthetic demo dataset and of the converted real VNC stack.
+- ``demo``, ``vnc``: writers of the synthetic demo dataset (presets in ``demo_presets``) and of
+  the converted real VNC stack.
 
 The public functions and classes are re-exported here and listed in ``__all__``.
 """
@@ -18,7 +19,17 @@ from __future__ import annotations
 
 from .bbox import BboxData
 from .datasets import dataset_summary, open_dataset
-from .demo import DemoSpec, bbox_names, make_demo_dataset, plan_demo_table
+from .demo import (
+    DEMO_PRESETS,
+    HARD_CLASS_NAMES,
+    DemoSpec,
+    bbox_names,
+    bbox_nuisance,
+    demo_spec,
+    make_demo_dataset,
+    plan_demo_table,
+    preset_class_names,
+)
 from .description import (
     BboxSpec,
     ColumnNames,
@@ -68,6 +79,8 @@ from .volumes import (
 )
 
 __all__ = [
+    "DEMO_PRESETS",
+    "HARD_CLASS_NAMES",
     "BboxData",
     "BboxSpec",
     "ColumnNames",
@@ -82,12 +95,14 @@ __all__ = [
     "Volume",
     "VolumeSource",
     "bbox_names",
+    "bbox_nuisance",
     "capabilities_table",
     "component_centres",
     "convert_vnc",
     "dataset_description",
     "dataset_name",
     "dataset_summary",
+    "demo_spec",
     "describe",
     "description_stamp",
     "detect_format",
@@ -109,6 +124,7 @@ __all__ = [
     "open_seed_dataset",
     "open_volume",
     "plan_demo_table",
+    "preset_class_names",
     "read_stack",
     "read_synapse_table",
     "refused_types",

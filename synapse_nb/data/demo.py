@@ -39,6 +39,15 @@ vesicle-cloud size and vesicle type, cleft size and shape, mitochondria and part
 80^3 raw cube centred on the cleft looks clearly different between classes. Classes are
 assigned per axon group, balancing the number of synapses per class within each bbox.
 
+Presets (:data:`DEMO_PRESETS`, :func:`demo_spec`, tables in :mod:`.demo_presets`): ``default`` is
+the above. ``hard`` has five classes (:data:`HARD_CLASS_NAMES`), four of one size that differ only
+in vesicle type, postsynaptic density thickness or cleft curvature, plus nuisance a method must
+ignore: brightness offset and contrast gain per bbox (:func:`bbox_nuisance`, written into
+``demo_spec.json``), a smooth brightness drift inside each bbox, cleft normals spread evenly over
+the sphere (the default's prefer z, as its axons prefer the y/x plane) and stronger noise.
+``brightness`` is a small test volume: one class, brightness and contrast varying strongly per
+bbox, so a clustering that follows brightness splits it by bbox.
+
 Table coordinates are x, y, z bbox-local integer voxels (volumes are [z, y, x]). The centre is
 a voxel of the ``cleft`` label at the middle of the cleft; the side points lie on the partner
 segments 3-12 voxels from it along the cleft normal. The presynaptic side is put in side 1 or
@@ -69,15 +78,21 @@ from scipy import ndimage as ndi
 
 from ..core.atomic import atomic_dir, atomic_path, write_text
 from ..core.labels import CENTER_COLUMNS, DEMO_CLASS_COLUMN, NAME_COLUMN, SIDE1_COLUMNS, SIDE2_COLUMNS, LabelIds, label_ids_for, mask_folder_name
+from .demo_presets import DEMO_PRESETS, HARD_CLASS_NAMES, HARD_CLASS_PARAMS, PRESET_CLASSES, PRESET_SPECS
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLASS_NAMES",
+    "DEMO_PRESETS",
+    "HARD_CLASS_NAMES",
     "DemoSpec",
+    "demo_spec",
+    "preset_class_names",
     "make_demo_dataset",
     "plan_demo_table",
     "bbox_names",
+    "bbox_nuisance",
     "DEMO_MARKER_FILE",
     "GROUND_TRUTH_FILE",
 ]
@@ -123,6 +138,7 @@ _CLASS_PARAMS: dict[str, dict] = {
         mito_p=0.35, mito_semi=(0.55, 0.25), n_perf=2, dense_core=0.6, psd=4.5, ves_spacing=6.5,
     ),
 }
+_ALL_CLASS_PARAMS: dict[str, dict] = {**_CLASS_PARAMS, **HARD_CLASS_PARAMS}
 _HALF_GAP = 1.0  # cleft sheet: |s| <= 1 (3 voxels, 24 nm)
 _GROUP_SIZES = np.array([1, 2, 3, 4, 5])
 _GROUP_P = np.array([0.30, 0.25, 0.20, 0.15, 0.10])
@@ -158,6 +174,22 @@ class DemoSpec:
     tubes_per_mvoxel: float = 40.0
     noise_sigma: float = 9.0
     blur_sigma: float = 0.7
+    #: Class table (a key of :data:`DEMO_PRESETS`); :func:`demo_spec` also applies the preset's
+    #: sizes and nuisance. Recorded in ``demo_spec.json``.
+    preset: str = "default"
+    #: Subset of the preset's classes to draw from (None: the preset's own selection).
+    classes: tuple[str, ...] | None = None
+    #: Per-bbox brightness offset in grey levels, one value per bbox spread over this range.
+    brightness_range: tuple[float, float] = (0.0, 0.0)
+    #: Per-bbox contrast gain around grey 128, spread over this range like the offset.
+    contrast_range: tuple[float, float] = (1.0, 1.0)
+    #: Std (grey levels) of a smooth brightness drift inside each bbox (feature size ~64 voxels).
+    brightness_drift: float = 0.0
+    #: Spread synapse axons (and so cleft normals) evenly over all directions instead of
+    #: preferring axons in the y/x plane.
+    isotropic_normals: bool = False
+    #: Largest number of synapses on one axon (1-5); small values balance classes per bbox better.
+    max_axon_group: int = 5
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
@@ -167,6 +199,57 @@ class DemoSpec:
             raise ValueError(f"DemoSpec.n_bboxes must be >= 1, got {self.n_bboxes}")
         if self.synapses_per_bbox < 1:
             raise ValueError(f"DemoSpec.synapses_per_bbox must be >= 1, got {self.synapses_per_bbox}")
+        self._check_classes()
+        self._check_nuisance()
+
+    def _check_classes(self) -> None:
+        if self.preset not in DEMO_PRESETS:
+            raise ValueError(f"DemoSpec.preset must be one of {sorted(DEMO_PRESETS)}, got {self.preset!r}")
+        if self.classes is not None:
+            self.classes = tuple(str(c) for c in self.classes)
+            known = preset_class_names(self.preset)
+            unknown = [c for c in self.classes if c not in known]
+            if not self.classes or unknown:
+                raise ValueError(f"DemoSpec.classes must name classes of preset {self.preset!r} "
+                                 f"({', '.join(map(str, known))}), got {list(self.classes)}")
+
+    def _check_nuisance(self) -> None:
+        self.brightness_range = tuple(float(v) for v in self.brightness_range)  # type: ignore[assignment]
+        self.contrast_range = tuple(float(v) for v in self.contrast_range)  # type: ignore[assignment]
+        for key in ("brightness_range", "contrast_range"):
+            lo, hi = getattr(self, key)
+            if not lo <= hi:
+                raise ValueError(f"DemoSpec.{key} must be (low, high) with low <= high, got {(lo, hi)}")
+        if self.contrast_range[0] <= 0:
+            raise ValueError(f"DemoSpec.contrast_range must be > 0, got {self.contrast_range}")
+        if self.brightness_drift < 0:
+            raise ValueError(f"DemoSpec.brightness_drift must be >= 0, got {self.brightness_drift}")
+        if not 1 <= self.max_axon_group <= len(_GROUP_SIZES):
+            raise ValueError(f"DemoSpec.max_axon_group must be 1-{len(_GROUP_SIZES)}, got {self.max_axon_group}")
+
+
+def preset_class_names(preset: str = "default") -> dict[int | str, str]:
+    """The class table (name -> description) of a preset: every class its specs may use."""
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}: use one of {sorted(DEMO_PRESETS)}")
+    return CLASS_NAMES if preset == "default" else HARD_CLASS_NAMES
+
+
+def _spec_classes(spec: DemoSpec) -> list[str]:
+    """The classes ``spec`` draws from, in table order."""
+    chosen = spec.classes or PRESET_CLASSES.get(spec.preset)
+    return [str(c) for c in preset_class_names(spec.preset) if chosen is None or c in chosen]
+
+
+def demo_spec(preset: str = "default", **overrides) -> DemoSpec:
+    """The :class:`DemoSpec` of a preset (see :data:`DEMO_PRESETS`), with ``overrides`` applied.
+
+    ``demo_spec("hard", seed=3)`` is the hard demo with another seed; ``demo_spec()`` equals
+    ``DemoSpec()``.
+    """
+    if preset not in PRESET_SPECS:
+        raise ValueError(f"unknown demo preset {preset!r}: use one of {sorted(PRESET_SPECS)}")
+    return DemoSpec(**{**PRESET_SPECS[preset], "preset": preset, **overrides})
 
 
 def bbox_names(spec: DemoSpec) -> list[str]:
@@ -262,7 +345,7 @@ def _bezier_path(rng: np.random.Generator, shape: tuple[int, int, int], spread: 
 
 def _draw_geometry(rng: np.random.Generator, cls: str, size: int) -> dict[str, np.ndarray]:
     """Random sizes of ``size`` candidate synapses of class ``cls`` (arrays)."""
-    p = _CLASS_PARAMS[cls]
+    p = _ALL_CLASS_PARAMS[cls]
     keys = ("rb", "rc", "k", "post_r", "neck_len", "den_r", "cloud_r")
     g = {key: rng.uniform(*p[key], size) for key in keys}
     h = _HALF_GAP
@@ -343,11 +426,12 @@ def _sites_on_path(rng: np.random.Generator, path: np.ndarray, cls: str, k: int,
 
 
 def _axon_for_group(rng: np.random.Generator, shape: tuple[int, int, int], cls: str, k: int,
-                    place: _Placement, centres: list[np.ndarray], n_near: int) -> tuple[np.ndarray, list] | None:
+                    place: _Placement, centres: list[np.ndarray], n_near: int,
+                    flat_z: float = 0.6) -> tuple[np.ndarray, list] | None:
     """Try up to 25 random axon paths; the (path, sites) carrying the most of ``k`` synapses."""
     best: tuple[np.ndarray, list] | None = None
     for _attempt in range(25):
-        path = _bezier_path(rng, shape, spread=18.0)
+        path = _bezier_path(rng, shape, spread=18.0, flat_z=flat_z)
         if len(path) < 20:
             continue
         chosen = _sites_on_path(rng, path, cls, k, place, centres, n_near)
@@ -396,7 +480,7 @@ def _make_synapse(rng: np.random.Generator, name: str, cls: str, group: int, axo
                   site: tuple, group_size: int, shape: tuple[int, int, int]) -> tuple[_Synapse, _Tube]:
     """One planned synapse at ``site`` (from :func:`_sites_on_path`) and its partner dendrite."""
     c, n, t, geom, _near = site
-    params = _CLASS_PARAMS[cls]
+    params = _ALL_CLASS_PARAMS[cls]
     e1, e2 = _perpendicular_basis(n, rng)
     den_dir = _unit(np.cross(n, _perpendicular_basis(n, rng)[0]))
     if params["post"] == "spine":
@@ -432,16 +516,20 @@ def _plan_bbox(spec: DemoSpec, index: int) -> _BBoxPlan:
     synapses: list[_Synapse] = []
     tubes: list[_Tube] = []
     next_id = 1
-    counts = {c: 0 for c in CLASS_NAMES}
+    counts = {c: 0 for c in _spec_classes(spec)}
+    sizes, size_p = _GROUP_SIZES[:spec.max_axon_group], _GROUP_P[:spec.max_axon_group]
+    if spec.max_axon_group < len(_GROUP_SIZES):  # the full table is used as is (same draws)
+        size_p = size_p / size_p.sum()
+    flat_z = 1.0 if spec.isotropic_normals else 0.6
     group = 0
     failures = 0
     n_near = 0  # synapses closer than soft_margin to a border (a quota keeps them few)
     while len(synapses) < spec.synapses_per_bbox and failures < 12:
         remaining = spec.synapses_per_bbox - len(synapses)
-        k = int(rng.choice(_GROUP_SIZES, p=_GROUP_P))
+        k = int(rng.choice(sizes, p=size_p))
         k = min(k, max(1, remaining + 1))
         cls = _class_for_next_group(counts, rng)
-        best = _axon_for_group(rng, shape, cls, k, place, centres, n_near)
+        best = _axon_for_group(rng, shape, cls, k, place, centres, n_near, flat_z)
         if best is None or not best[1]:
             failures += 1
             continue
@@ -698,7 +786,7 @@ def _paint_vesicles(raw: np.ndarray, ves_label: np.ndarray, s: _Synapse, loc: _L
     # jittered grid of vesicle centres inside the cloud
     idx = np.argwhere(room)
     lo, hi = idx.min(0), idx.max(0) + 1
-    spacing = _CLASS_PARAMS[s.cls]["ves_spacing"]
+    spacing = _ALL_CLASS_PARAMS[s.cls]["ves_spacing"]
     grid = np.stack(np.meshgrid(*[np.arange(a + rng.uniform(0, spacing), b, spacing) for a, b in zip(lo, hi)],
                                 indexing="ij"), -1).reshape(-1, 3)
     if len(grid) == 0:
@@ -892,14 +980,47 @@ def _paint_synapses(raw: np.ndarray, seg: np.ndarray, mem: np.ndarray, synapses:
         _paint_vesicles(raw, loc.cloud, s, loc, rng)
 
 
-def _render_raw(rng: np.random.Generator, spec: DemoSpec, seg: np.ndarray, mem: np.ndarray,
+def bbox_nuisance(spec: DemoSpec) -> list[tuple[float, float]]:
+    """(brightness offset, contrast gain) of each bbox of ``spec``.
+
+    Stratified: each bbox gets its own slice of the range (in random order), so two bboxes of
+    one run always differ by at least half a slice. Own random stream: the rest is unchanged.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1000,)))
+    n = spec.n_bboxes
+
+    def spread(lo: float, hi: float) -> np.ndarray:
+        return lo + (hi - lo) * (rng.permutation(n) + 0.25 + 0.5 * rng.random(n)) / n
+
+    offsets = spread(*spec.brightness_range)
+    gains = spread(*spec.contrast_range)
+    return [(float(o), float(g)) for o, g in zip(offsets, gains)]
+
+
+def _has_nuisance(spec: DemoSpec) -> bool:
+    return spec.brightness_range != (0.0, 0.0) or spec.contrast_range != (1.0, 1.0) or spec.brightness_drift > 0
+
+
+def _apply_nuisance(raw: np.ndarray, spec: DemoSpec, index: int) -> np.ndarray:
+    """Contrast gain around grey 128, brightness offset and a smooth drift of bbox ``index``."""
+    offset, gain = bbox_nuisance(spec)[index]
+    raw = (raw - np.float32(128.0)) * np.float32(gain) + np.float32(128.0 + offset)
+    if spec.brightness_drift > 0:
+        rng = np.random.default_rng(np.random.SeedSequence([spec.seed, index, 2]))
+        raw += _lowfreq(rng, spec.shape, 64) * np.float32(spec.brightness_drift)
+    return raw
+
+
+def _render_raw(rng: np.random.Generator, spec: DemoSpec, index: int, seg: np.ndarray, mem: np.ndarray,
                 tubes: list[_Tube], mitos: list[tuple], plan: _BBoxPlan, locs: list[_Local]) -> np.ndarray:
-    """The uint8 EM-like raw volume: intensities, mitochondria, synapses, then blur and noise."""
+    """The uint8 EM-like raw volume: intensities, mitochondria, synapses, blur, nuisance, noise."""
     raw = _base_intensities(rng, seg, mem, tubes)
     for sl, inside, mc, ax in mitos:
         _paint_mito_texture(raw, inside, sl, mc, ax, rng)
     _paint_synapses(raw, seg, mem, plan.synapses, locs, rng)
     raw = ndi.gaussian_filter(raw, spec.blur_sigma, output=np.float32)
+    if _has_nuisance(spec):
+        raw = _apply_nuisance(raw, spec, index)
     raw += rng.standard_normal(spec.shape, dtype=np.float32) * np.float32(spec.noise_sigma)
     return np.clip(np.rint(raw), 0, 255).astype(np.uint8)
 
@@ -921,7 +1042,7 @@ def _render_bbox(spec: DemoSpec, index: int) -> tuple[np.ndarray, np.ndarray, np
     mitos = _filler_mitos(rng, filler, seg, mask, ids.mito, plan.synapses)
     mitos += _label_synapses(seg, mask, plan.synapses, locs, ids)
     rows = _table_rows(seg, mask, plan, locs, ids)
-    raw_u8 = _render_raw(rng, spec, seg, mem, filler + plan.tubes, mitos, plan, locs)
+    raw_u8 = _render_raw(rng, spec, index, seg, mem, filler + plan.tubes, mitos, plan, locs)
     if seg.max() > np.iinfo(np.uint16).max:
         raise RuntimeError("demo generator: too many segments for uint16")
     return raw_u8, seg.astype(np.uint16), mask, pd.DataFrame(rows)
@@ -974,7 +1095,8 @@ def make_demo_dataset(out_dir: str | os.PathLike, spec: DemoSpec | None = None,
     """Write the synthetic dataset to ``out_dir`` and return its ground-truth table.
 
     The returned table has one row per synapse of every bbox: ``bbox``, ``Var1``, the centre
-    and side coordinates (x, y, z), ``synapse_class`` (a key of :data:`CLASS_NAMES`),
+    and side coordinates (x, y, z), ``synapse_class`` (a key of :data:`CLASS_NAMES`, or of
+    :data:`HARD_CLASS_NAMES` for the ``hard``/``brightness`` presets),
     ``true_pre_side`` (1 or 2), ``true_pre_id``/``true_post_id`` (seg ids), ``post_type``
     (``spine``/``shaft``), ``axon_group``/``axon_group_size`` (synapses sharing the presynaptic
     axon), ``has_mito`` and planned/true sizes. The Excel table of a bbox holds the same
@@ -1006,16 +1128,20 @@ def make_demo_dataset(out_dir: str | os.PathLike, spec: DemoSpec | None = None,
     gt = pd.concat(tables, ignore_index=True)
     with atomic_path(out / GROUND_TRUTH_FILE) as tmp:
         gt.to_csv(tmp, index=False)
+    table = preset_class_names(spec.preset)
     meta = {
         "spec": asdict(spec),
+        "preset": spec.preset,
         "bboxes": names,
         "voxel_size_nm": list(DEMO_VOXEL_SIZE_NM),
         "label_ids": {b: label_ids_for(b).as_dict() for b in names},
         "class_column": DEMO_CLASS_COLUMN,
-        "classes": {str(k): v for k, v in CLASS_NAMES.items()},
+        "classes": {c: table[c] for c in _spec_classes(spec)},
+        "bbox_brightness_offset_gain": dict(zip(names, bbox_nuisance(spec))),
         "n_synapses": int(len(gt)),
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     write_text(out / DEMO_MARKER_FILE, json.dumps(meta, indent=2))
-    logger.info("demo dataset: %d bboxes, %d synapses written to %s in %.1f s", spec.n_bboxes,
-                len(gt), out, time.perf_counter() - t0)
+    logger.info("demo dataset (preset %s): %d bboxes, %d synapses written to %s in %.1f s", spec.preset,
+                spec.n_bboxes, len(gt), out, time.perf_counter() - t0)
     return gt

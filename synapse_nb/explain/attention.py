@@ -30,10 +30,16 @@ Alignment
 Overlap
     A voxel is "attended" when its map value is >= ``attention_threshold`` (fraction of the
     map's maximum, which is 1 after normalisation). Dice, IoU and mean attention inside /
-    outside each structure are computed only over voxels that lie inside the volume (padding
-    added at a border carries no data). Structures: ``pre``, ``post`` (segments), ``vesicle``
-    (closest vesicle cloud), ``cleft`` (closest cleft + cleft2), ``mito`` (every mitochondrion
-    voxel in the cube).
+    outside each structure are computed only over the *counted* voxels: inside the volume
+    (padding added at a border carries no data; :func:`inside_volume`) and not in the border
+    ring of the cube (:data:`BORDER_RING_VOXELS`; the zero padding of the convolutions makes
+    attention there that says nothing about the synapse). Structures: ``pre``, ``post``
+    (segments), ``vesicle`` (closest vesicle cloud), ``cleft`` (closest cleft + cleft2),
+    ``mito`` (every mitochondrion voxel in the cube).
+Most attended
+    Per layer, the structure with the highest mean inside/outside ratio, named only when that
+    ratio is above 1 (:func:`most_attended`); otherwise the summary says that no structure
+    is attended more than its surroundings.
 
 Figures live in :mod:`synapse_nb.explain.figures`.
 """
@@ -112,6 +118,14 @@ batch 2 is no faster per cube than batch 1, and every cube adds ~0.45 GB of save
 (batch 1 peaks at ~0.9-1.1 GB, batch 8 at ~4 GB)."""
 PROJECTION_RTOL = 1e-3
 """Largest relative error allowed when re-deriving the stored PCA scores from the features."""
+BORDER_RING_VOXELS = 4
+"""Width of the cube's border ring left out of the attention summaries, at
+:data:`BORDER_RING_REFERENCE_SIZE`^3 (scaled with the cube size, at least 1 voxel; see
+:func:`border_ring_width`). The convolutions pad with zeros, so voxels near the cube's faces
+get attention from the padding itself, on any cube and any network."""
+BORDER_RING_REFERENCE_SIZE = 80
+NO_ATTENDED_STRUCTURE = "no structure attended more than its surroundings"
+"""What the summaries say for a layer whose best inside/outside ratio is not above 1."""
 ATTENTION_DIR = "attention"
 
 
@@ -431,6 +445,27 @@ class AttentionResult:
     voxel_size_nm: tuple[float, float, float] = (8.0, 8.0, 8.0)
     skipped_layers: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
+    border_ring: int | None = None  # voxels of the cube border left out of the summaries; None = border_ring_width(S)
+
+    @property
+    def ring(self) -> int:
+        """Width of the border ring the summaries leave out (see :data:`BORDER_RING_VOXELS`)."""
+        return border_ring_width(self.maps.shape[-1]) if self.border_ring is None else int(self.border_ring)
+
+    def counted(self, i: int) -> np.ndarray:
+        """(S, S, S) voxels of synapse ``i`` the summaries count: inside the volume, off the border ring."""
+        return counted_voxels(self.valid[i], self.ring)
+
+    def counted_mean_maps(self) -> np.ndarray:
+        """(n_layers, S, S, S) mean map over the synapses whose voxel is counted (0 where none is):
+        what the region summary measures, without padding and the border ring."""
+        weight = np.stack([self.counted(i) for i in range(len(self.maps))]).astype(np.float32)
+        n = weight.sum(axis=0)
+        out = np.zeros(self.maps.shape[1:], dtype=np.float32)
+        for j in range(self.maps.shape[1]):
+            total = np.einsum("i...,i...->...", self.maps[:, j], weight)
+            np.divide(total, n, out=out[j], where=n > 0)
+        return out
 
     def layer_index(self, layer: int) -> int:
         if layer not in self.layers:
@@ -454,6 +489,12 @@ class AttentionResult:
                     "responses gives such maps)."
                 )
         lines += [f"⚠ {text}" for text in self.skipped_layers.values()]
+        outside = int((~self.valid.reshape(len(self.valid), -1)).any(axis=1).sum()) if len(self.valid) else 0
+        lines.append(
+            f"The summaries (attention vs structure, regions) count only voxels inside the volume ({outside} of {n} cubes "
+            f"reach outside it: their padding is left out) and leave out a {self.ring}-voxel ring at the cube border, "
+            "where the convolutions' zero padding creates attention of its own."
+        )
         if "feature_match" in self.samples and (self.samples["feature_match"] < 0.99).any():
             worst = float(self.samples["feature_match"].min())
             lines.append(f"⚠ recomputed features differ from 02_extract's (cosine down to {worst:.3f}): were the cubes or weights changed?")
@@ -526,11 +567,7 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     inputs = render_rows(study.cubes, study.cfg, crow)  # exactly what 02_extract rendered, in [0, 1]
     bits = np.asarray(study.cubes.bits[crow])
     table = study.cubes.table
-    pads = [f"pad_{a}_{s}" for a in "zyx" for s in ("before", "after")]
-    valid = np.stack([
-        valid_mask_from_pads(S, table.iloc[r]) if all(p in table.columns for p in pads) else np.ones((S,) * 3, bool)
-        for r in crow
-    ])
+    valid = np.stack([inside_volume(S, table.iloc[r]) for r in crow])
     n, nl = len(flat), len(study.layers)
     maps = np.zeros((n, nl, S, S, S), dtype=np.float32)
     scores = np.zeros(n)
@@ -572,12 +609,53 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     return AttentionResult(
         samples, list(study.layers), maps, inputs, bits, valid, study.target.kind, study.weights,
         study.cfg.attention_threshold, tuple(study.cubes.voxel_size_nm), dict(study.skipped_layers), seconds,
+        border_ring_width(S),
     )
 
 
 # --------------------------------------------------------------------------------------
 # attention vs structure, and where attention concentrates
 # --------------------------------------------------------------------------------------
+PAD_COLUMNS: tuple[str, ...] = tuple(f"pad_{a}_{side}" for a in "zyx" for side in ("before", "after"))
+
+
+def inside_volume(size: int, row: Mapping) -> np.ndarray:
+    """(S, S, S) True where the cube of one cube-table ``row`` holds data from the volume.
+
+    The one place the summaries learn a cube's valid region: :func:`valid_mask_from_pads`,
+    which also knows oriented cubes (``oriented`` rows). Rows with neither ``pad_*`` entries
+    nor an orientation (cubes built before padding was recorded) count as wholly inside.
+    """
+    getter = getattr(row, "get", None)
+    flag = getter("oriented", False) if callable(getter) else False
+    oriented = isinstance(flag, (bool, np.bool_)) and bool(flag)  # NaN (mixed tables): not oriented
+    if not oriented and not all(c in row for c in PAD_COLUMNS):
+        return np.ones((size,) * 3, dtype=bool)
+    return valid_mask_from_pads(size, row)
+
+
+def border_ring_width(size: int) -> int:
+    """:data:`BORDER_RING_VOXELS` scaled to a cube of ``size``^3, rounded (at least 1, at
+    most a quarter of the cube so that its centre is always counted): 1 at 16^3, 2 at 32^3,
+    4 at 80^3."""
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"cube size must be >= 1, got {size}")
+    width = int(np.floor(BORDER_RING_VOXELS * size / BORDER_RING_REFERENCE_SIZE + 0.5))
+    return min(max(1, width), size // 4)
+
+
+def counted_voxels(valid: np.ndarray, ring: int) -> np.ndarray:
+    """``valid`` without a border ring ``ring`` voxels wide: the voxels the summaries count."""
+    valid = np.asarray(valid, dtype=bool)
+    ring = int(ring)
+    if ring < 0:
+        raise ValueError(f"border ring width must be >= 0, got {ring}")
+    inner = np.zeros_like(valid)
+    inner[tuple(slice(ring, max(ring, n - ring)) for n in valid.shape)] = True
+    return valid & inner
+
+
 def structure_masks(bits: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean masks of :data:`STRUCTURES` from structure bits (same shape as ``bits``)."""
     bits = np.asarray(bits)
@@ -603,18 +681,21 @@ def overlap_metrics(att_map: np.ndarray, mask: np.ndarray, valid: np.ndarray, th
 
 
 def overlap_table(result: AttentionResult, threshold: float | None = None) -> pd.DataFrame:
-    """One row per synapse x layer x structure (see :func:`overlap_metrics`)."""
+    """One row per synapse x layer x structure (see :func:`overlap_metrics`), over the counted
+    voxels of each cube (:meth:`AttentionResult.counted`: no padding, no border ring)."""
     thr = result.threshold if threshold is None else float(threshold)
     rows = []
     for i in range(len(result.samples)):
         masks = structure_masks(result.bits[i])
+        region = result.counted(i)
         ident = result.samples.iloc[i]
         for j, layer in enumerate(result.layers):
             for name, mask in masks.items():
                 rows.append({
                     "feature_row": int(ident["feature_row"]), L.BBOX_COLUMN: ident.get(L.BBOX_COLUMN),
                     L.NAME_COLUMN: ident.get(L.NAME_COLUMN), "cluster": ident.get("cluster"), "layer": layer,
-                    "structure": name, "threshold": thr, **overlap_metrics(result.maps[i, j], mask, result.valid[i], thr),
+                    "structure": name, "threshold": thr, "border_ring_voxels": result.ring,
+                    **overlap_metrics(result.maps[i, j], mask, region, thr),
                 })
     return pd.DataFrame(rows)
 
@@ -629,19 +710,70 @@ def overlap_summary(overlap: pd.DataFrame, weights: str = "") -> pd.DataFrame:
     summary = summary.reindex(pd.MultiIndex.from_product([sorted(overlap["layer"].unique()), order], names=["layer", "structure"]))
     summary["n_synapses"] = summary["n_synapses"].fillna(0).astype(int)
     out = summary.reset_index()
+    if "border_ring_voxels" in overlap.columns and len(overlap):
+        out["border_ring_voxels"] = int(overlap["border_ring_voxels"].max())
     if weights:
         out["weights"] = weights_tag(weights)
     return out
 
 
+def most_attended(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per layer of an :func:`overlap_summary`: the structure with the highest mean
+    inside/outside ratio, or an empty ``structure`` when no ratio is above 1 (a structure
+    attended no more than its surroundings is never named). Columns: layer, structure,
+    inside_outside_ratio (the best ratio, NaN when none is defined), n_synapses."""
+    need = {"layer", "structure", "inside_outside_ratio"}
+    missing = sorted(need - set(summary.columns))
+    if missing:
+        raise ValueError(f"the attention summary lacks column(s) {missing}: make it with overlap_summary (05_attention)")
+    rows = []
+    for layer, sub in summary.groupby("layer", sort=True):
+        ok = sub[np.isfinite(pd.to_numeric(sub["inside_outside_ratio"], errors="coerce").to_numpy(float))]
+        if "n_synapses" in ok.columns:
+            ok = ok[ok["n_synapses"] > 0]
+        best = ok.sort_values("inside_outside_ratio", ascending=False, kind="stable").head(1)
+        ratio = float(best["inside_outside_ratio"].iloc[0]) if len(best) else float("nan")
+        named = len(best) > 0 and ratio > 1.0
+        rows.append({"layer": int(layer), "structure": str(best["structure"].iloc[0]) if named else "",
+                     "inside_outside_ratio": ratio,
+                     "n_synapses": int(best["n_synapses"].iloc[0]) if len(best) and "n_synapses" in best else 0})
+    return pd.DataFrame(rows, columns=["layer", "structure", "inside_outside_ratio", "n_synapses"])
+
+
+def most_attended_text(summary: pd.DataFrame) -> str:
+    """``features.3: vesicle (2.50x inside vs outside); features.20: no structure attended more
+    than its surroundings`` - the per-layer verdict of :func:`most_attended` in words."""
+    parts = []
+    for r in most_attended(summary).itertuples():
+        if r.structure:
+            parts.append(f"features.{r.layer}: {r.structure} ({r.inside_outside_ratio:.2f}x inside vs outside)")
+        else:
+            best = f" (best ratio {r.inside_outside_ratio:.2f})" if np.isfinite(r.inside_outside_ratio) else ""
+            parts.append(f"features.{r.layer}: {NO_ATTENDED_STRUCTURE}{best}")
+    return "; ".join(parts)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The attention-vs-structure verdict for the notebook and the report (markdown)."""
+    text = most_attended_text(summary)
+    if not text:
+        return "No attention summary: no layer was explained."
+    ring = (f" and a {int(summary['border_ring_voxels'].iloc[0])}-voxel ring at the cube border"
+            if "border_ring_voxels" in summary.columns and len(summary) else "")
+    return (f"**Most attended structure per layer** (mean attention inside vs outside the structure; a structure is "
+            f"named only when the ratio is above 1; padding outside the volume{ring} left out): {text}.")
+
+
 def top_regions(result: AttentionResult, n_regions: int = 3, threshold: float | None = None) -> pd.DataFrame:
     """Connected regions (6-connected) of each layer's mean map at or above ``threshold`` x its
     maximum, largest total attention first: where attention concentrates across synapses.
+    The mean map counts only the counted voxels (:meth:`AttentionResult.counted_mean_maps`: no
+    padding, no border ring), so a region is never made of padding artefacts.
     Offsets are from the cube centre (the cleft, for the default crop), z, y, x."""
     from scipy import ndimage
 
     thr = result.threshold if threshold is None else float(threshold)
-    mean = result.mean_maps()
+    mean = result.counted_mean_maps()
     S = mean.shape[-1]
     center = np.array([S // 2] * 3, dtype=float)
     vox = np.asarray(result.voxel_size_nm, dtype=float)

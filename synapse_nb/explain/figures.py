@@ -234,7 +234,8 @@ def mean_map_3d(result: "AttentionResult", max_size: int = MAX_3D_SIZE) -> "go.F
 
 def overlap_figure(summary: pd.DataFrame, weights: str = "") -> "go.Figure":
     """Per structure and layer: Dice of the attended region with the mask, and mean attention
-    inside / outside the mask (1 = no preference)."""
+    inside / outside the mask (1 = no preference), over the voxels the summary counted (the
+    title says which were left out)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -251,6 +252,8 @@ def overlap_figure(summary: pd.DataFrame, weights: str = "") -> "go.Figure":
                              hovertemplate="%{x}: ratio %{y:.2f} (%{customdata} synapses)<extra></extra>"), row=1, col=2)
     fig.add_hline(y=1.0, line_dash="dot", line_color="gray", row=1, col=2)
     tag = f" — {weights_tag(weights)}" if weights else ""
+    if "border_ring_voxels" in summary.columns and len(summary):
+        tag = f" (padding and a {int(summary['border_ring_voxels'].iloc[0])}-voxel border ring left out){tag}"
     fig.update_layout(barmode="group", height=380, template="plotly_white", title={"text": f"Attention vs structure{tag}"},
                       legend={"title": {"text": "layer"}})
     return fig

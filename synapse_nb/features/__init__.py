@@ -10,6 +10,7 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .extract import (
+    ROTATIONS,
     CubeSource,
     FeatureExtractor,
     FeatureResult,
@@ -21,12 +22,14 @@ from .extract import (
     features_frame,
     pool_features,
     resolve_input_range,
+    rotate_cube,
     seed_csv_name,
 )
 from .inference import InferenceTrunk, fold_batchnorm, reuse_large_allocations
 from .vgg3d import VGG3D, count_parameters, init_random
 
 __all__ = [
+    "ROTATIONS",
     "CheckpointError",
     "CubeSource",
     "FeatureExtractor",
@@ -49,5 +52,6 @@ __all__ = [
     "pool_features",
     "resolve_input_range",
     "reuse_large_allocations",
+    "rotate_cube",
     "seed_csv_name",
 ]

@@ -2,6 +2,9 @@
 
 Cubes are read batch by batch from any object with ``len()`` and slice indexing (a numpy
 array, or the lazy view of the cube store), so memory stays at one batch whatever N is.
+``rotations`` > 1 averages the features of each cube over exact 90-degree turns about an axis
+per synapse (its cleft normal's), so an arbitrary in-plane orientation of the synapse does not
+drive the features; it costs one forward pass per rotation.
 The forward pass uses :class:`synapse_nb.features.inference.InferenceTrunk` (BatchNorm folded, ReLU fused,
 channels-last) and stops at the requested module for ``stage_specific`` extraction.
 See ``benchmarks/bench_network.py`` for the measurements behind the defaults.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,6 +68,21 @@ within noise of each other for both precisions (float32 2.46/2.43/2.28, bfloat16
 4.69/4.82/4.55 synapses/s), so the smallest is used: least memory, finest progress."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+ROTATIONS: tuple[int, ...] = (1, 2, 4)
+"""Allowed numbers of rotations averaged: n turns of 360/n degrees (1 = no averaging)."""
+
+_PLANES = {0: (1, 2), 1: (0, 2), 2: (0, 1)}  # rotation axis -> the plane (of a Z,Y,X cube) it turns
+
+
+def rotate_cube(x: torch.Tensor, quarter_turns: int, axis: int) -> torch.Tensor:
+    """A (Z, Y, X) cube turned by ``quarter_turns`` * 90 degrees about ``axis`` (0 z, 1 y, 2 x).
+
+    Exact (a permutation of voxels, ``torch.rot90``), so nothing is resampled or cut off.
+    """
+    if int(axis) not in _PLANES:
+        raise ValueError(f"rotation axis must be 0 (z), 1 (y) or 2 (x), got {axis!r}")
+    return torch.rot90(x, int(quarter_turns) % 4, dims=_PLANES[int(axis)])
 
 
 class CubeSource(Protocol):
@@ -136,6 +155,13 @@ class FeatureExtractor:
     Cubes are expected in [0, 1] (what the cube builder writes). ``input_range`` decides what
     the network sees: ``"0_1"`` as is, ``"-1_1"`` as ``2 x - 1`` (how HemiBrain was trained);
     ``None`` follows the weights (``model.info.default_input_range``, "0_1" if unknown).
+
+    ``rotations`` = n in (1, 2, 4): the features of a synapse are the mean of the pooled
+    features of its cube turned by k * 360 / n degrees (k = 0 .. n-1) about its axis (given per
+    synapse to ``__call__``; the axis closest to the cleft normal). With 4 they do not change
+    when the cube is turned by 90 degrees about that axis (with 2: by 180 degrees); the mean
+    is summed in a fixed (sorted) order so this holds to the bit. n = 1 is the plain features.
+    Each batch is run n times, so memory stays one batch and the cost is n times.
     """
 
     def __init__(
@@ -150,6 +176,7 @@ class FeatureExtractor:
         input_range: str | None = None,
         num_threads: int | None = None,
         progress: bool = True,
+        rotations: int = 1,
     ) -> None:
         self.method = _check_choice("method", method, EXTRACTION_METHODS)
         self.pooling = _check_choice("pooling", pooling, POOLINGS)
@@ -158,6 +185,9 @@ class FeatureExtractor:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
+        if isinstance(rotations, bool) or rotations not in ROTATIONS:
+            raise ValueError(f"rotations must be one of {ROTATIONS}, got {rotations!r}")
+        self.rotations = int(rotations)
         info = getattr(model, "info", None)
         if input_range is None:
             input_range = info.default_input_range if info is not None else "0_1"
@@ -183,10 +213,13 @@ class FeatureExtractor:
         """Settings in one line, for reports."""
         where = "whole trunk (features.33)" if self.method == "standard" else layer_description(self.upto)
         rng = "[0, 1]" if self.input_range == "0_1" else "[-1, 1]"
-        return (
+        text = (
             f"{self.method} extraction, {where}, {self.pooling} pooling -> {self.dim} features, "
             f"{self.precision}, input range {rng}"
         )
+        if self.rotations > 1:
+            text += f", averaged over {self.rotations} rotations of {360 // self.rotations} degrees about the cleft normal"
+        return text
 
     def _batch(self, cubes: CubeSource, start: int, stop: int, spatial: list[tuple[int, ...]]) -> torch.Tensor:
         """Read and validate cubes[start:stop] into a (b, 1, Z, Y, X) float32 tensor."""
@@ -233,14 +266,55 @@ class FeatureExtractor:
             f"its input cube is finite, so the network produced them: {hint}"
         )
 
-    def __call__(self, cubes: CubeSource) -> np.ndarray:
+    def _rotation_axes(self, n: int, rotation_axes: Sequence[int] | np.ndarray | None) -> np.ndarray | None:
+        """Per-synapse rotation axes as int64 (N,), checked; None when nothing is rotated."""
+        if self.rotations == 1:
+            return None
+        if rotation_axes is None:
+            return np.zeros(n, dtype=np.int64)
+        axes = np.asarray(rotation_axes).reshape(-1)
+        if len(axes) != n:
+            raise ValueError(f"rotation_axes has {len(axes)} entries for {n} cubes; give one axis (0, 1 or 2) per cube")
+        if not np.issubdtype(axes.dtype, np.integer) or (axes.size and (axes.min() < 0 or axes.max() > 2)):
+            raise ValueError(f"rotation_axes must be integers 0 (z), 1 (y) or 2 (x), got {np.unique(axes)[:5]}")
+        return axes.astype(np.int64)
+
+    def _pooled(self, x: torch.Tensor, axes: np.ndarray | None, start: int) -> np.ndarray:
+        """Pooled features (b, D) of one batch, averaged over the rotations when asked."""
+        if axes is None:
+            return pool_features(self.trunk(x), self.pooling).numpy()
+        step = 4 // self.rotations
+        shape = x.shape[2:]
+        for i in range(len(x)):
+            a, b = _PLANES[int(axes[start + i])]
+            if shape[a] != shape[b]:
+                raise ValueError(
+                    f"cube {start + i} has shape {tuple(shape)}: turning it about axis {int(axes[start + i])} "
+                    "needs equal sizes on the other two axes"
+                )
+        per_turn = []
+        for k in range(self.rotations):
+            if k == 0:
+                xr = x
+            else:
+                xr = torch.stack([rotate_cube(x[i, 0], k * step, int(axes[start + i])) for i in range(len(x))]).unsqueeze(1)
+            per_turn.append(pool_features(self.trunk(xr), self.pooling).numpy())
+        # sorted before summing: the same set of turns gives the same bits in any order
+        return (np.sort(np.stack(per_turn), axis=0).sum(axis=0) / np.float32(self.rotations)).astype(np.float32)
+
+    def __call__(self, cubes: CubeSource, *, rotation_axes: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Features (N, D) float32, in the order of ``cubes``.
+
+        ``rotation_axes`` (one of 0 z, 1 y, 2 x per cube) is the axis the ``rotations`` turn
+        about (default: z for every cube; ignored when ``rotations`` is 1). A cube store view
+        gives them by ``view.normal_axes()``.
 
         Raises :class:`~synapse_nb.core.errors.DataError` naming the first synapse whose
         features are NaN or infinite (by bbox and name when ``cubes`` is the cube store's view).
         """
         n = len(cubes)
         out = np.empty((n, self.dim), dtype=np.float32)
+        axes = self._rotation_axes(n, rotation_axes)
         if n == 0:
             return out
         spatial: list[tuple[int, ...]] = []
@@ -260,8 +334,7 @@ class FeatureExtractor:
                     x = pending.result()
                     if k + 1 < len(starts):
                         pending = read(starts[k + 1])
-                    act = self.trunk(x)
-                    feats = pool_features(act, self.pooling).numpy()
+                    feats = self._pooled(x, axes, start)
                     self._check_features(cubes, start, feats)
                     out[start : start + len(x)] = feats
                     bar.update(len(x))
@@ -378,7 +451,15 @@ def describe(info: ModelInfo, cfg: "Config") -> str:
     """The sentence every report shows about the network (random weights are said loudly)."""
     rng = "[0, 1]" if resolve_input_range(cfg, info) == "0_1" else "[-1, 1]"
     how = "whole trunk" if cfg.extraction_method == "standard" else layer_description(cfg.layer_num)
-    return (
+    text = (
         f"{info.description()}. Input range {rng} ({'chosen' if cfg.input_range != 'auto' else 'following the weights'}); "
-        f"{cfg.extraction_method} extraction ({how}), {cfg.pooling_method} pooling, {cfg.precision}."
+        f"{cfg.extraction_method} extraction ({how}), {cfg.pooling_method} pooling, {cfg.precision}"
     )
+    norm = getattr(cfg, "intensity_normalization", "minmax")
+    if norm != "minmax":
+        over = "the cube" if norm == "cube" else "the kept mask"
+        text += f"; intensities z-scored over {over} per synapse"
+    turns = int(getattr(cfg, "rotation_averaging", 1))
+    if turns > 1:
+        text += f"; features averaged over {turns} rotations of {360 // turns} degrees about the cleft normal"
+    return text + "."

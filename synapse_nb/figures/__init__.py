@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .gallery import cluster_montage, cube_rows, depth_gif, gif_gallery, render_rows
+from .markers import CubeMarker, PlaneMark, cube_markers, draw_marks, marker_note, plane_marks
 from .maps import (
     analysis_frame,
     bic_figure,
@@ -22,6 +23,9 @@ from .maps import (
 from .plots import (
     bbox_counts,
     cube_slices,
+    descriptor_heatmap,
+    descriptor_label,
+    descriptor_unit,
     feature_overview,
     morphometrics,
     preview_rows,
@@ -29,6 +33,12 @@ from .plots import (
 )
 
 __all__ = [
+    "CubeMarker",
+    "PlaneMark",
+    "cube_markers",
+    "draw_marks",
+    "marker_note",
+    "plane_marks",
     "analysis_frame",
     "bbox_counts",
     "bic_figure",
@@ -37,6 +47,9 @@ __all__ = [
     "cube_rows",
     "cube_slices",
     "default_hover",
+    "descriptor_heatmap",
+    "descriptor_label",
+    "descriptor_unit",
     "depth_gif",
     "embedding_map",
     "embedding_map_3d",

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels as L
+from ..cubes.prepost import polarity_known
 from ..cubes.rendering import RenderSettings
+from .markers import cube_markers, draw_marks, marker_note, plane_marks
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -45,7 +47,8 @@ def cluster_montage(
     cubes: "CubeSet", df: pd.DataFrame, groups: Mapping[object, Sequence[int]], cfg: "Config"
 ) -> "matplotlib.figure.Figure":
     """Rows = clusters, columns = members x (z, y, x centre planes). ``groups`` maps a cluster
-    to row positions in ``df`` (e.g. :func:`synapse_nb.analysis.clustering.representatives`)."""
+    to row positions in ``df`` (e.g. :func:`synapse_nb.analysis.clustering.representatives`).
+    Each plane marks the cleft centre and the side points (:mod:`.markers`)."""
     import matplotlib.pyplot as plt
 
     groups = {k: list(v) for k, v in groups.items() if len(v)}
@@ -55,18 +58,23 @@ def cluster_montage(
     fig, axes = plt.subplots(len(groups), 3 * n_cols, figsize=(1.35 * 3 * n_cols, 1.6 * len(groups)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+    known = polarity_known(cubes.table)
     for r, (name, members) in enumerate(groups.items()):
-        cubes_r = render_rows(cubes, cfg, cube_rows(cubes, df.iloc[members]))
-        for j, (member, cube) in enumerate(zip(members, cubes_r)):
+        rows = cube_rows(cubes, df.iloc[members])
+        cubes_r = render_rows(cubes, cfg, rows)
+        for j, (member, cube, row) in enumerate(zip(members, cubes_r, rows)):
             c = cube.shape[0] // 2
-            for p, plane in enumerate((cube[c], cube[:, c], cube[:, :, c])):
+            markers = cube_markers(cubes.table.iloc[int(row)], cube.shape[0], known=known)
+            for p, (axis, plane) in enumerate(zip("zyx", (cube[c], cube[:, c], cube[:, :, c]))):
                 ax = axes[r][3 * j + p]
                 ax.imshow(plane, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                draw_marks(ax, plane_marks(markers, axis, c, cube.shape[0]), fontsize=5, size=3)
                 if p == 0:
                     ax.set_title(str(df.iloc[member][L.NAME_COLUMN]), fontsize=6, loc="left")
         axes[r][0].text(-0.15, 0.5, f"cluster {name}", transform=axes[r][0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=8)
-    fig.suptitle("Representative synapses per cluster (closest to the centroid); planes z, y, x through the centre", fontsize=8)
+    fig.suptitle("Representative synapses per cluster (closest to the centroid); planes z, y, x through the centre\n"
+                 + marker_note(known), fontsize=7)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -291,24 +291,55 @@ def note_figure(text: str, title: str = "", height: int = 200) -> "go.Figure":
     return fig
 
 
+def _selection_panels(table: pd.DataFrame) -> list[tuple[str, str | None, str]]:
+    """(column, error column, subplot title) for every criterion ``table`` holds; the title
+    names the k each criterion alone would choose (``attrs['picks']``)."""
+    picks = table.attrs.get("picks", {})
+
+    def title(text: str, crit: str) -> str:
+        return f"{text}: k={picks[crit]}" if crit in picks else text
+
+    panels: list[tuple[str, str | None, str]] = [
+        ("inertia", None, "elbow: within-cluster sum of squares"),
+        ("silhouette", None, title("silhouette (highest)", "silhouette")),
+    ]
+    if "gap" in table:
+        panels.append(("gap", "gap_sd", title("gap (first k with Gap(k) >= Gap(k+1) - s)", "gap")))
+    if "prediction_strength" in table:
+        panels.append(("prediction_strength", "prediction_strength_sd", title("prediction strength (largest k over the line)", "stability")))
+    return panels
+
+
 def k_selection_figure(table: pd.DataFrame | None) -> "go.Figure":
-    """Elbow (inertia) and silhouette against k, chosen k starred (a note when k was not
-    selected, e.g. given or found by hdbscan)."""
+    """Every criterion :func:`~synapse_nb.analysis.clustering.select_k` computed against k
+    (elbow, silhouette, gap with s(k), prediction strength with its threshold), the chosen k
+    starred in each and the rule that chose it in the title (a note when k was not selected,
+    e.g. given or found by hdbscan)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     if table is None or len(table) == 0:
         return note_figure("k was not selected here (given as a parameter, or found by hdbscan).", "Choosing k")
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("elbow: within-cluster sum of squares", "silhouette (higher is better)"))
-    fig.add_trace(go.Scatter(x=table["k"], y=table["inertia"], mode="lines+markers", name="inertia"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=table["k"], y=table["silhouette"], mode="lines+markers", name="silhouette"), row=1, col=2)
-    _mark_chosen(fig, table, "inertia", 1, 1)
-    _mark_chosen(fig, table, "silhouette", 1, 2)
+    panels = _selection_panels(table)
+    ncol = 2 if len(panels) == 4 else len(panels)
+    nrow = (len(panels) + ncol - 1) // ncol
+    where = [(i // ncol + 1, i % ncol + 1) for i in range(len(panels))]
+    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=[p[2] for p in panels])
+    for (column, err, _), (r, c) in zip(panels, where):
+        error = {"type": "data", "array": table[err].to_numpy()} if err else None
+        fig.add_trace(go.Scatter(x=table["k"], y=table[column], mode="lines+markers", name=column, error_y=error), row=r, col=c)
+    for (column, _, _), (r, c) in zip(panels, where):
+        _mark_chosen(fig, table, column, r, c)
+    if "prediction_strength" in table:
+        r, c = where[[p[0] for p in panels].index("prediction_strength")]
+        fig.add_hline(y=float(table.attrs.get("threshold", 0.8)), line_dash="dash", line_color="gray", row=r, col=c)
     method = table.attrs.get("method", "")
     crit = table.attrs.get("criterion", "silhouette")
+    rule = table.attrs.get("rule", "highest silhouette" if crit == "silhouette" else "")
+    chosen = table.loc[table["chosen"], "k"]
+    head = f"Choosing k ({method}): k={int(chosen.iloc[0])} by {crit}" if len(chosen) else f"Choosing k ({method}, by {crit})"
     fig.update_xaxes(title_text="k", dtick=1)
-    fig.update_layout(title={"text": f"Choosing k ({method}, by {crit})"}, height=380, template="plotly_white")
+    fig.update_layout(title={"text": f"{head}, {rule}" if rule else head}, height=360 * nrow + 20, template="plotly_white")
     return fig
 
 

@@ -36,6 +36,7 @@ from .runner import (
     plan_parameters,
     publish_reports,
     read_status,
+    refuse_unservable,
     run_pipeline,
     select_steps,
     stop_on_signal,
@@ -47,6 +48,8 @@ from .steps import (
     check_dataset,
     cluster,
     compute_features,
+    dataset_key,
+    dataset_refusals,
     extract,
     feature_config,
     geometry,
@@ -61,6 +64,7 @@ from .steps import (
     save_features,
     save_presynapse,
     stability,
+    with_data_paths,
 )
 from .sweep import (
     Combination,
@@ -94,6 +98,8 @@ __all__ = [
     "combination_name",
     "compute_features",
     "content_key",
+    "dataset_key",
+    "dataset_refusals",
     "entry_data",
     "expand",
     "export_html",
@@ -121,6 +127,7 @@ __all__ = [
     "read_status",
     "record",
     "reduce",
+    "refuse_unservable",
     "resolve_parameters",
     "reuse_or_compute",
     "run_metrics",
@@ -138,4 +145,5 @@ __all__ = [
     "sweep_index",
     "table_markdown",
     "validate",
+    "with_data_paths",
 ]

@@ -92,7 +92,7 @@ ATTENTION_META = _a("attention_meta", "attention/attention.json", "json", "05_at
 
 # --- 06_presynapse
 PRESYNAPSE_GROUPS = _a("presynapse_groups", "tables/presynapse_groups.parquet", "parquet", "06_presynapse",
-                       "one row per presynaptic neurite with several synapses", csv=True)
+                       "one row per group of synapses sharing a neurite (see its grouping column)", csv=True)
 PRESYNAPSE_SYNAPSES = _a("presynapse_synapses", "tables/presynapse_synapses.parquet", "parquet", "06_presynapse",
                          "synapses with their group")
 PRESYNAPSE_EXCLUDED = _a("presynapse_excluded", "tables/presynapse_excluded.parquet", "parquet", "06_presynapse",

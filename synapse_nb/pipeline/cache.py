@@ -62,6 +62,10 @@ INPUT_KEYS = ("raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "dataset"
 ENTRY_MARKER = "entry.json"
 #: Version of the entry layout (``<key>/entry/`` + ``entry.json``); other versions are rebuilt.
 ENTRY_LAYOUT = 2
+#: Version of what a stage's result holds; bumped when the code computing it changes what it
+#: writes (cubes 2: morphometric descriptors and orientation columns in the cube table; features
+#: 2: intensity normalisation and rotation averaging), so entries of older code are not reused.
+RESULT_VERSIONS = {"cubes": 2, "features": 2}
 #: Bytes hashed at the start, middle and end of every fingerprinted file (all of a smaller file).
 SAMPLE_BYTES = 64 * 1024
 #: Chunk files of a zarr / N5 store stamped one by one; larger stores are stamped by a sample.
@@ -262,11 +266,14 @@ def stored_identity(folder: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- keys
-def content_key(cfg: "Config", keys: Sequence[str], upstream: Any = None) -> str:
+def content_key(cfg: "Config", keys: Sequence[str], upstream: Any = None, *, version: int | None = None) -> str:
     """Hash of the named parameters, the weights file, fingerprints of the data they name
-    (:func:`input_fingerprint`) and, when given, the identity of the stored result the stage
-    reads (``upstream``, e.g. the cubes of a run)."""
+    (:func:`input_fingerprint`), when given the identity of the stored result the stage reads
+    (``upstream``, e.g. the cubes of a run) and the version of the code's result
+    (:data:`RESULT_VERSIONS`)."""
     values: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    if version is not None:
+        values["result_version"] = version
     if "weights_path" in keys:
         values["weights_file"] = file_fingerprint(cfg.weights_path) if cfg.weights_path else None
     if any(k in keys for k in INPUT_KEYS):
@@ -284,7 +291,7 @@ def stage_dir(cfg: "Config", stage: str, upstream: Any = None) -> Path | None:
     if not cfg.cache_dir:
         return None
     keys = STAGE_KEYS[stage] if upstream is None else OWN_KEYS[stage]
-    return Path(cfg.cache_dir) / stage / content_key(cfg, keys, upstream)
+    return Path(cfg.cache_dir) / stage / content_key(cfg, keys, upstream, version=RESULT_VERSIONS[stage])
 
 
 def link_into_run(target: Path, link: Path) -> Path:

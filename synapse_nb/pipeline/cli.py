@@ -8,7 +8,7 @@ from typing import Sequence
 
 from ..core.config import ConfigError
 from ..core.errors import DataError
-from ..data.demo import DemoSpec, make_demo_dataset
+from ..data.demo import DEMO_PRESETS, demo_spec, make_demo_dataset
 from ..data.vnc import VncSettings, convert_vnc
 from .runner import RunnerError, RunStopped, run_pipeline
 from .sweep import run_sweep
@@ -17,9 +17,12 @@ logger = logging.getLogger("synapse_nb")
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    spec = DemoSpec(n_bboxes=args.n_bboxes, synapses_per_bbox=args.synapses_per_bbox, seed=args.seed)
-    if args.shape:
-        spec.shape = tuple(args.shape)
+    given = {"n_bboxes": args.n_bboxes, "synapses_per_bbox": args.synapses_per_bbox, "seed": args.seed,
+             "shape": tuple(args.shape) if args.shape else None}
+    try:
+        spec = demo_spec(args.preset, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise DataError(f"demo-data: {exc}") from None
     table = make_demo_dataset(args.out, spec)
     logger.info("demo dataset with %d synapses in %d bboxes written to %s", len(table), spec.n_bboxes, args.out)
     return 0
@@ -67,10 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo-data", help="write the synthetic demo dataset in the seed layout")
     demo.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
-    demo.add_argument("--n-bboxes", type=int, default=4)
-    demo.add_argument("--synapses-per-bbox", type=int, default=16)
+    demo.add_argument("--preset", choices=sorted(DEMO_PRESETS), default="default",
+                      help="default (3 classes, quick), hard (5 classes that differ in texture/shape, "
+                      "brightness nuisance) or brightness (one class, brightness per bbox; for tests)")
+    demo.add_argument("--n-bboxes", type=int, default=None, help="default: the preset's")
+    demo.add_argument("--synapses-per-bbox", type=int, default=None, help="default: the preset's")
     demo.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="bbox shape in voxels")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=None, help="default 0")
     demo.set_defaults(func=_demo_data)
     vnc = sub.add_parser("convert-vnc", help="convert the real Drosophila VNC ssTEM stack (CC BY-NC-SA 3.0) into a dataset")
     vnc.add_argument("--src", default="../shared/realdata/drosophila_vnc_sstem", help="source folder holding stack1/")

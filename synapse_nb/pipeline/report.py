@@ -154,8 +154,13 @@ class RunSummary:
     def headline(self) -> str:
         n = len(self.frame)
         text = f"**{n} synapses** from {self.data['bbox'].nunique() if len(self.data) else 0} bboxes"
-        if self.quality:
-            text += f"; **{self.quality.get('k')} clusters** by {self.quality.get('method')} (silhouette {self.quality.get('silhouette')})"
+        q = self.quality
+        if q:
+            chosen = q.get("k_chosen_by")
+            how = f", k by {chosen}" if chosen and chosen != q.get("method") else ""
+            text += f"; **{q.get('k')} clusters** by {q.get('method')}{how} (silhouette {q.get('silhouette')})"
+            if q.get("feature_set"):
+                text += f" on **{q['feature_set']}** features"
         if self.agreement:
             text += f"; against `{self.agreement.get('truth')}`: ARI {self.agreement['ari']:.3f}, NMI {self.agreement['nmi']:.3f}"
         return text + "."
@@ -164,33 +169,24 @@ class RunSummary:
         return "\n".join(f"- ⚠ {w}" for w in self.warnings) if self.warnings else "No warnings."
 
     def presynapse_markdown(self) -> str:
-        """One sentence on the same-axon permutation test of 06_presynapse (if it ran)."""
-        t = self.presynapse
-        if not t:
+        """One sentence on the shared-neurite permutation test of 06_presynapse (if it ran),
+        worded for its grouping (presynaptic, or a neurite on either side when polarity is unknown)."""
+        if not self.presynapse:
             return "06_presynapse did not run in this run."
-        if not t.get("n_groups"):
-            return f"No presynaptic neurite makes two or more analysed synapses ({t.get('n_excluded', 0)} excluded)."
-        # the verdict of 06_presynapse (PresynapseAnalysis.test_sentence): p and observed/null effect;
-        # p, effect and ratio are None in the JSON when undefined (e.g. no other neurite to compare with)
-        p, effect, ratio = t.get("p_value"), t.get("effect"), t.get("ratio")
-        alike = p is not None and p <= 0.05 and effect is not None and effect < 1
-        verdict = "more alike than" if alike else "not detectably more alike than"
-        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a (no synapse of another neurite to compare with)"
-        p_text = f"{p:.2g}" if p is not None else "n/a"
-        return (f"**{t['n_groups']} presynaptic neurites** make more than one synapse ({t['n_grouped']} synapses). "
-                f"Synapses of the same neurite are **{verdict}** others: intra/inter distance ratio "
-                f"{ratio_text}, permutation p = {p_text} ({t['n_permutations']} shuffles).")
+        from ..connectivity.groups import summary_sentence
+
+        return summary_sentence(self.presynapse)
 
     def attention_markdown(self) -> str:
         """What 05_attention explained and which structure each layer attends to most."""
         m = self.attention_meta
         if not m or self.attention is None or not len(self.attention):
             return "05_attention did not run in this run."
-        best = (self.attention.dropna(subset=["inside_outside_ratio"])
-                .sort_values("inside_outside_ratio", ascending=False).groupby("layer").head(1).sort_values("layer"))
-        parts = [f"features.{int(r.layer)}: {r.structure} ({r.inside_outside_ratio:.2f}x inside vs outside)" for r in best.itertuples()]
+        from ..explain.attention import most_attended_text
+
+        parts = most_attended_text(self.attention)
         skipped = ", ".join(f"features.{k}" for k in m.get("skipped_layers", {}))
-        text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + ("; ".join(parts) or "none") + "."
+        text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + (parts or "none") + "."
         return text + (f" Skipped (after the feature layer, no gradient): {skipped}." if skipped else "")
 
     def links_markdown(self) -> str:
@@ -228,20 +224,48 @@ def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> Ru
         built = features.groupby("bbox").size().rename("synapses")
         lost = skipped.groupby("bbox").size().rename("skipped") if len(skipped) else pd.Series(dtype=int, name="skipped")
         data = pd.concat([built, lost], axis=1).fillna(0).astype(int).rename_axis("bbox").reset_index()
-    cluster_table = pd.DataFrame()
-    if "cluster" in frame.columns:
-        size_cols = [c for c in ("vesicle_volume_nm3", "cleft_volume_nm3", "cleft_area_nm2") if c in frame.columns]
-        cluster_table = frame.groupby("cluster", observed=True).agg(synapses=("Var1", "size"), **{f"median {c}": (c, "median") for c in size_cols}).reset_index()
-    warnings_list = []
-    if "RANDOM weights" in extraction:
-        warnings_list.append("The network used RANDOM weights (no checkpoint): features describe texture, not a trained representation.")
-    if len(skipped):
-        warnings_list.append(f"{len(skipped)} synapses were skipped (listed below with their reasons).")
-    if "ambiguous" in features.columns and features["ambiguous"].any():
-        warnings_list.append(f"{int(features['ambiguous'].sum())} synapses have an ambiguous pre/post decision.")
+    cluster_table = _cluster_table(frame)
+    warnings_list = _warnings(extraction, skipped, features, quality)
     param_table = pd.DataFrame({"parameter": list(params), "value": [str(v) for v in params.values()]})
     presynapse = record(A.PRESYNAPSE_TEST)
     attention_meta = record(A.ATTENTION_META)
     attention = table(A.ATTENTION_OVERLAP_SUMMARY)
     return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction,
                       warnings_list, presynapse, attention, attention_meta)
+
+
+def _cluster_table(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """Synapses and the median of every size descriptor per cluster, in readable units."""
+    import pandas as pd
+
+    from ..cubes.descriptors import SIZE_COLUMNS, readable_table
+
+    if "cluster" not in frame.columns:
+        return pd.DataFrame()
+    size_cols = [c for c in SIZE_COLUMNS if c in frame.columns]
+    table = frame.groupby("cluster", observed=True).agg(
+        synapses=("cluster", "size"), **{c: (c, "median") for c in size_cols}
+    ).reset_index()
+    readable = readable_table(table)
+    return readable.rename(columns={c: f"median {c}" for c in readable.columns if c not in ("cluster", "synapses")})
+
+
+def _warnings(extraction: str, skipped: "pd.DataFrame", features: "pd.DataFrame", quality: dict) -> list[str]:
+    """What a reader must know before trusting the clusters, in plain words."""
+    from ..cubes.prepost import polarity_known
+
+    out = []
+    if "RANDOM weights" in extraction and quality.get("feature_set", "deep") != "descriptors":
+        out.append("The network used RANDOM weights (no checkpoint): deep features describe texture and pose, "
+                   "not a trained representation.")
+    brightness = quality.get("brightness") or {}
+    if brightness.get("warn"):
+        out.append(f"The clusters mostly follow brightness, not shape: {brightness.get('message', '')}")
+    if len(features) and "pre_side" in features.columns and not polarity_known(features):
+        out.append("Pre- and postsynaptic sides could not be decided from the data (no vesicle label or ambiguous): "
+                   "partners are called side 1 and side 2.")
+    elif "ambiguous" in features.columns and features["ambiguous"].any():
+        out.append(f"{int(features['ambiguous'].sum())} synapses have an ambiguous pre/post decision.")
+    if len(skipped):
+        out.append(f"{len(skipped)} synapses were skipped (listed below with their reasons).")
+    return out

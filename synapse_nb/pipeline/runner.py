@@ -43,7 +43,7 @@ from ..core.progress_bars import BATCH_ENV, progress
 from . import artifacts as A
 from .report import export_html
 from .runs import Run, RunError, new_run
-from .steps import resolve_parameters
+from .steps import dataset_refusals, resolve_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,16 @@ def plan_parameters(
     return cfg, per_step
 
 
+def refuse_unservable(cfg: C.Config, steps: Sequence[str], root: Path | None = None, source: str = "parameters",
+                      memo: dict | None = None) -> None:
+    """A one-line :class:`ConfigError` when the dataset cannot serve the segmentation type or
+    crop mode ``cfg`` asks of the ``steps`` (see :func:`synapse_nb.pipeline.steps.dataset_refusals`);
+    called before any run directory exists."""
+    refusals = dataset_refusals(cfg, steps=steps, root=root, memo=memo)
+    if refusals:
+        raise C.ConfigError(f"{source}: " + "; ".join(refusals.values()))
+
+
 def select_steps(only: Sequence[str] | None = None, start: str | None = None) -> list[str]:
     """Steps to run: all, ``only`` some, or everything ``from`` one on."""
     steps = list(PIPELINE)
@@ -202,6 +212,7 @@ def _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_ti
     values = C.read_yaml(values) if isinstance(values, (str, Path)) else dict(values)
     steps = select_steps(only, start)
     cfg, per_step = plan_parameters(values, steps, root, source)
+    refuse_unservable(cfg, steps, root, source)
     run, status = _start_run(cfg, steps, source, run_dir, runs_root, reports_root, root)
     logger.info("run %s: steps %s with %s", run.path, ", ".join(steps), source)
     os.environ[BATCH_ENV] = "1"

@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import clustering as C
+from ..analysis.brightness import BrightnessCheck
 from ..analysis import export
+from ..analysis import feature_sets as FS
 from ..analysis import reduce as R
 from ..connectivity.groups import PresynapseAnalysis, analyze
 from ..connectivity.summary_page import write_summary
@@ -33,6 +35,7 @@ from ..cubes.geometry import CubeGeometry
 from ..cubes.rendering import RenderSettings
 from ..cubes.store import CubeSet
 from ..data.bbox import BboxData
+from ..data.datasets import open_dataset
 from ..data.description import (
     load_dataset_description,
     refused_types,
@@ -83,7 +86,9 @@ def resolve_parameters(cfg: Config) -> Config:
 # --------------------------------------------------------------------------- 01_load
 def geometry(cfg: Config) -> CubeGeometry:
     """The crop geometry a configuration asks for."""
-    return CubeGeometry(size=cfg.cube_size, crop_mode=cfg.crop_mode, presynapse_weight=cfg.presynapse_weight)
+    return CubeGeometry(
+        size=cfg.cube_size, crop_mode=cfg.crop_mode, presynapse_weight=cfg.presynapse_weight, orient=bool(cfg.orient_cubes)
+    )
 
 
 def check_dataset(bboxes: Sequence[BboxData], cfg: Config) -> None:
@@ -91,6 +96,77 @@ def check_dataset(bboxes: Sequence[BboxData], cfg: Config) -> None:
     where pre/post cannot be decided, naming what is missing."""
     require_segmentation_type(bboxes, cfg.segmentation_type)
     require_crop_mode(bboxes, cfg.crop_mode, cfg.presynapse_weight)
+
+
+#: Parameters that say which data is opened (so which segmentation types it can serve).
+DATASET_KEYS = ("dataset", "raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "label_table")
+#: Steps that read ``segmentation_type`` / ``crop_mode`` against the dataset.
+_TYPE_STEPS, _CROP_STEPS = ("01_load", "02_extract"), ("01_load",)
+
+
+def with_data_paths(cfg: Config, root: str | Path | None) -> Config:
+    """``cfg`` with its relative data paths resolved against ``root`` (the project folder the
+    notebooks run in), so a check made elsewhere opens the same files."""
+    if root is None:
+        return cfg
+    keys = [k for k in ("dataset", "raw_dir", "seg_dir", "mask_dir", "table_dir") if getattr(cfg, k, "")]
+    paths = {k: Path(getattr(cfg, k)).expanduser() for k in keys}
+    return cfg.model_copy(update={k: str(p if p.is_absolute() else Path(root) / p) for k, p in paths.items()})
+
+
+def dataset_key(cfg: Config) -> str:
+    """What decides the opened dataset, with the modification times of its folders and files
+    (a memo of a long-lived panel then sees data written or replaced since)."""
+    stamps = {}
+    for k in ("dataset", "raw_dir", "seg_dir", "mask_dir", "table_dir"):
+        value = getattr(cfg, k, "")
+        if value:
+            try:
+                stamps[k] = Path(value).stat().st_mtime_ns
+            except OSError:
+                stamps[k] = None
+    values = {k: getattr(cfg, k, None) for k in DATASET_KEYS}
+    return json.dumps([values, stamps], sort_keys=True, default=str)
+
+
+def dataset_refusals(cfg: Config, *, steps: Sequence[str] | None = None, root: str | Path | None = None,
+                     memo: dict[str, list[BboxData]] | None = None) -> dict[str, str]:
+    """Parameter key -> one line saying why the dataset ``cfg`` names cannot serve it (empty
+    when it can): the ``segmentation_type`` (naming what the dataset lacks and the types it
+    supports) and a smart ``crop_mode`` where pre/post cannot be decided.
+
+    The run command, sweeps and the control panel all ask this before a run directory exists.
+    It opens the dataset lazily (tables and volume headers, no cube); ``memo`` keeps opened
+    datasets between calls. A dataset that cannot be opened is not judged here: 01_load names
+    that problem. ``steps`` (default all) limits the check to the steps that read these keys.
+    """
+    steps = list(A.STEPS if steps is None else steps)
+    check_type, check_crop = any(s in steps for s in _TYPE_STEPS), any(s in steps for s in _CROP_STEPS)
+    if not (check_type or check_crop):
+        return {}
+    cfg = with_data_paths(cfg, root)
+    key = dataset_key(cfg)
+    bboxes = memo.get(key) if memo is not None else None
+    if bboxes is None:
+        try:
+            bboxes = open_dataset(cfg)
+        except (DataError, OSError, ValueError) as exc:
+            logger.info("dataset not checked against the parameters (01_load will report it): %s", exc)
+            return {}
+        if memo is not None:
+            memo[key] = bboxes
+    out: dict[str, str] = {}
+    if check_type:
+        try:
+            require_segmentation_type(bboxes, cfg.segmentation_type)
+        except DataError as exc:
+            out["segmentation_type"] = str(exc)
+    if check_crop:
+        try:
+            require_crop_mode(bboxes, cfg.crop_mode, cfg.presynapse_weight)
+        except DataError as exc:
+            out["crop_mode"] = str(exc)
+    return out
 
 
 def make_cubes(bboxes: Sequence[BboxData], cfg: Config, progress: bool = True) -> CubeSet:
@@ -148,9 +224,9 @@ def compute_features(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config,
     extractor = FeatureExtractor(
         model, method=cfg.extraction_method, layer_num=cfg.layer_num, pooling=cfg.pooling_method,
         batch_size=cfg.batch_size, precision=cfg.precision, input_range=resolve_input_range(cfg, info),
-        progress=progress and not in_batch(),
+        progress=progress and not in_batch(), rotations=cfg.rotation_averaging,
     )
-    matrix = extractor(view)
+    matrix = extractor(view, rotation_axes=view.normal_axes() if extractor.rotations > 1 else None)
     features = features_frame(matrix, cubes.table.iloc[keep].reset_index(drop=True))
     name = seed_csv_name(cfg.extraction_method, cfg.layer_num, cfg.pooling_method, cfg.segmentation_type, cfg.alpha)
     return FeatureResult(features, skipped, name, describe(info, cfg), extractor.last_seconds or 0.0)
@@ -200,10 +276,12 @@ def save_features(result: FeatureResult, run: Run) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- 03_reduce / 04_cluster
 def reduce(features: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """03_reduce: standardise, PCA (``pca_components`` 0 = none), UMAP and t-SNE with ``cfg``."""
+    """03_reduce: the ``feature_set`` matrix (blocks weighted by ``descriptor_weight``), PCA
+    (``pca_components`` 0 = none), UMAP and t-SNE with ``cfg``."""
+    matrix = FS.assemble(features, feature_set=cfg.feature_set, descriptor_weight=cfg.descriptor_weight)
     return R.reduce_features(
         features, pca_components=cfg.pca_components or None, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist,
-        metric=cfg.umap_metric, perplexity=cfg.perplexity, seed=cfg.seed,
+        metric=cfg.umap_metric, perplexity=cfg.perplexity, seed=cfg.seed, matrix=matrix,
     )
 
 
@@ -214,9 +292,9 @@ def load_reduced(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
 
 
 def cluster(X: np.ndarray, cfg: Config) -> C.ClusterResult:
-    """04_cluster: the method, k (0 = choose) and k range of ``cfg``."""
+    """04_cluster: the method, k (0 = choose, by ``k_selection``) and k range of ``cfg``."""
     return C.cluster(X, method=cfg.clustering_method, k=cfg.n_clusters or None, k_range=(cfg.k_min, cfg.k_max),
-                     seed=cfg.seed)
+                     seed=cfg.seed, k_selection=cfg.k_selection)
 
 
 def stability(X: np.ndarray, result: C.ClusterResult, cfg: Config) -> pd.DataFrame:
@@ -226,15 +304,28 @@ def stability(X: np.ndarray, result: C.ClusterResult, cfg: Config) -> pd.DataFra
 
 
 def save_clusters(run: Run, features: pd.DataFrame, emb: pd.DataFrame, result: C.ClusterResult,
-                  stab: pd.DataFrame, agreement: pd.DataFrame, cfg: Config) -> dict[str, Path]:
-    """Write what later notebooks and sweeps read: clusters, stability, agreement, quality, AnnData."""
+                  stab: pd.DataFrame, agreement: pd.DataFrame, cfg: Config,
+                  brightness: BrightnessCheck | None = None) -> dict[str, Path]:
+    """Write what later notebooks and sweeps read: clusters, stability, agreement, quality (with
+    the feature set, how k was chosen and the brightness check), AnnData."""
     paths = {
         "clusters": run.write(A.CLUSTERS, C.clusters_table(features, result)),
         "stability": run.write(A.STABILITY, stab),
         "agreement": run.write(A.AGREEMENT, agreement),
     }
-    quality = {"method": result.method, "k": int(result.k),
-               "silhouette": round(float(result.info.get("silhouette", float("nan"))), 3)}
+    reduced = emb.attrs.get("reduce", {})
+    selection = result.selection.attrs if result.selection is not None else {}
+    quality = {
+        "method": result.method, "k": int(result.k),
+        "silhouette": round(float(result.info.get("silhouette", float("nan"))), 3),
+        "feature_set": reduced.get("feature_set", cfg.feature_set),
+        "feature_columns": reduced.get("n_columns", {}),
+        "feature_notes": reduced.get("notes", []),
+        "k_chosen_by": selection.get("criterion", "fixed" if cfg.n_clusters else result.method),
+        "k_rule": selection.get("rule", ""),
+        "k_picks": {str(k): int(v) for k, v in selection.get("picks", {}).items()},
+        "brightness": brightness.to_dict() if brightness is not None else {},
+    }
     paths["quality"] = run.write(A.CLUSTER_QUALITY, quality)
     paths["h5ad"] = export.to_anndata(features, emb, result, run.file(A.ANNDATA), params=cfg.to_dict())
     return paths
@@ -343,26 +434,28 @@ def save_attention(run: Run, result: X.AttentionResult, overlap: pd.DataFrame, s
                 cube_rows=result.samples["cube_row"].to_numpy(),
             )
     meta = {"target": result.target, "weights": result.weights, "layers": result.layers, "threshold": result.threshold,
-            "skipped_layers": {str(k): v for k, v in result.skipped_layers.items()}, "seconds": result.seconds}
+            "skipped_layers": {str(k): v for k, v in result.skipped_layers.items()}, "seconds": result.seconds,
+            "border_ring_voxels": result.ring}
     paths["meta"] = run.write(A.ATTENTION_META, meta)
     return paths
 
 
 # --------------------------------------------------------------------------- 06_presynapse
-def analyze_presynapse(run: Run, cfg: Config, within_bbox: bool = True) -> PresynapseAnalysis:
+def analyze_presynapse(run: Run, cfg: Config, within_bbox: bool = True, *, grouping: str = "auto") -> PresynapseAnalysis:
     """06_presynapse: :func:`analyze` on the run's features (02), embeddings (03), clusters (04)
-    and the synapse table stored with the cubes (01)."""
+    and the synapse table stored with the cubes (01). ``grouping``: auto / presynaptic /
+    either_side (see :mod:`synapse_nb.connectivity.groups`)."""
     cube_table = load_cubes(run).table
     return analyze(run.read(A.FEATURES), run.read(A.EMBEDDINGS), run.read(A.CLUSTERS), cube_table,
                    include_ambiguous=cfg.include_ambiguous, n_permutations=cfg.n_permutations, seed=cfg.seed,
-                   within_bbox=within_bbox, class_column=cfg.class_column)
+                   within_bbox=within_bbox, class_column=cfg.class_column, grouping=grouping)
 
 
 def save_presynapse(run: Run, analysis: PresynapseAnalysis, cubes: CubeSet | None = None,
                     cfg: Config | None = None) -> dict[str, Path]:
     """Write the group, synapse and excluded tables, the test numbers and the summary page."""
     syn = analysis.synapses.copy()
-    syn["pre_seg_id"] = syn["pre_seg_id"].astype("int64")
+    syn["pre_seg_id"] = syn["pre_seg_id"].fillna(0).astype("int64")  # either-side grouping keeps unknown ids
     paths = {
         "groups": run.write(A.PRESYNAPSE_GROUPS, analysis.groups),
         "synapses": run.write(A.PRESYNAPSE_SYNAPSES, syn),

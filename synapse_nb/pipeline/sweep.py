@@ -33,7 +33,8 @@ import yaml
 
 from ..core import atomic
 from ..core import config as C
-from ..core.errors import validate_name
+from ..core.errors import bounded, validate_name
+from ..core.notebook import find_project_root
 from ..core.progress_bars import progress
 from . import artifacts as A
 from .report import html_pages, sweep_index
@@ -46,6 +47,7 @@ from .runner import (
     stop_on_signal,
 )
 from .runs import Run
+from .steps import dataset_refusals
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +134,15 @@ def expand(spec: Mapping[str, Any]) -> list[Combination]:
     return combos
 
 
-def validate(combos: list[Combination], steps: list[str], source: str) -> dict[str, tuple[C.Config, dict[str, Any]]]:
+def validate(combos: list[Combination], steps: list[str], source: str, *,
+             root: Path | None = None) -> dict[str, tuple[C.Config, dict[str, Any]]]:
     """Check every combination before anything runs; errors name the key and the combination.
 
-    Returns per combination name what it resolves to: the validated ``Config`` and the
-    notebook-only (display) parameters it sets.
+    Besides the parameters themselves, each combination's segmentation type and crop mode are
+    checked against its dataset (opened once per dataset), and every combination the dataset
+    cannot serve is named, one line each (relative data paths resolve against ``root``, by
+    default the project folder). Returns per combination name what it resolves to:
+    the validated ``Config`` and the notebook-only (display) parameters it sets.
     """
     plans = {}
     for combo in combos:
@@ -146,6 +152,15 @@ def validate(combos: list[Combination], steps: list[str], source: str) -> dict[s
             raise C.ConfigError(str(exc)) from None
         notebook_only = {k: v for values in per_step.values() for k, v in values.items() if k not in C.Config.model_fields}
         plans[combo.name] = (cfg, notebook_only)
+    root, memo, refused = root or find_project_root(), {}, []
+    for combo in combos:
+        refusals = dataset_refusals(plans[combo.name][0], steps=steps, root=root, memo=memo)
+        if refusals:
+            refused.append(f"combination {combo.name}: " + "; ".join(refusals.values()))
+    if refused:
+        lines = bounded(refused, what="combination(s)")
+        raise C.ConfigError(f"{source}: {len(refused)} of {len(combos)} combination(s) ask for what their dataset cannot serve; "
+                            "remove them from the grid:\n  " + "\n  ".join(lines))
     return plans
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..core import labels as L
+from ..cubes.prepost import partner_table, polarity_known
 from ..figures.gallery import cube_rows, render_rows
 from ..figures.maps import embedding_map
 from .form import message_html
-from .preview import plane_png
+from .preview import names_pre_or_post, plane_png
 
 if TYPE_CHECKING:
     from ..core.config import Config
@@ -28,8 +29,10 @@ logger = logging.getLogger(__name__)
 
 MAX_SHOWN = 6
 THUMB_PX = 120
-META_COLUMNS = (L.BBOX_COLUMN, L.NAME_COLUMN, "cluster", L.DEMO_CLASS_COLUMN, "pre_side", "ambiguous",
-                "vesicle_volume_nm3", "cleft_area_nm2", "mito_near_pre_volume_nm3")
+#: Columns of the table beside the slices; "side 1" / "side 2" name each partner, "pre" / "post"
+#: only where decided (:func:`synapse_nb.cubes.prepost.partner_table`).
+META_COLUMNS = (L.BBOX_COLUMN, L.NAME_COLUMN, "cluster", L.DEMO_CLASS_COLUMN, "side 1", "side 2", "ambiguous",
+                "vesicle_volume_um3", "cleft_area_um2", "mito_near_pre_volume_um3")
 
 
 def point_rows(fig, frame: pd.DataFrame, x: str, y: str) -> list[np.ndarray]:
@@ -64,6 +67,8 @@ class Explorer:
             key = [L.BBOX_COLUMN, L.NAME_COLUMN]
             index = pd.MultiIndex.from_frame(cubes.table[key].astype(str))
             self.cube_index = index.get_indexer(pd.MultiIndex.from_frame(self.frame[key].astype(str)))
+        #: whether any synapse has a decided pre side; if none, no column speaks of pre or post
+        self.polarity_known = polarity_known(self.frame)
         color = color if color in self.frame.columns else None
         fig = embedding_map(self.frame, x, y, color=color, title="Click a synapse, or lasso / box-select several")
         fig.update_layout(height=480, dragmode="lasso", clickmode="event+select")
@@ -115,8 +120,11 @@ class Explorer:
             note += f"; no cube stored for {', '.join(map(str, missing))}"
         self.message.value = message_html(note, "warning" if missing else "info")
         self.images.value = self.montage([c for _, c in ok]) if ok else b""
-        cols = [c for c in META_COLUMNS if c in self.frame.columns]
-        self.table.value = self.frame.loc[shown, cols].to_html(index=False, float_format=lambda v: f"{v:,.4g}", escape=True,
+        meta = self.frame.loc[shown]
+        if "pre_side" in meta.columns:
+            meta = pd.concat([meta, partner_table(meta)], axis=1)
+        cols = [c for c in META_COLUMNS if c in meta.columns and (self.polarity_known or not names_pre_or_post(c))]
+        self.table.value = meta[cols].to_html(index=False, float_format=lambda v: f"{v:,.4g}", escape=True,
                                                                  classes="snb-explore-table", border=0)
 
     def montage(self, cube_rows: Sequence[int]) -> bytes:

@@ -26,6 +26,7 @@ from ..core.errors import bounded, shorten, validation_problems
 from ..core.notebook import find_project_root
 from ..data.seed_layout import discover_bboxes
 from ..pipeline import runner
+from ..pipeline import steps as pipeline_steps
 from .fields import DESC_STYLE, Field, field_for, notebook_field
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ class ConfigForm:
         self.status.add_class("snb-form-status")
         self._errors: dict[str, str] = {}
         self._warnings: dict[str, str] = {}
+        self._refusals: dict[str, str] = {}  # key -> why the dataset cannot serve it
+        #: opened datasets by :func:`synapse_nb.pipeline.steps.dataset_key` (shared with the preview)
+        self.datasets: dict[str, list] = {}
+        self._checked: list[Callable[[], None]] = []
         self._listeners: list[Callable[[C.Config], None]] = []
         self._quiet = False
         self._config: C.Config | None = None
@@ -168,17 +173,53 @@ class ConfigForm:
                 errors[key] = error
         self._errors = errors
         self._warnings = self._path_warnings(cfg_values)
+        self._refusals = self._dataset_refusals() if not errors else {}
         for key, f in self.fields.items():
-            text, kind = (errors[key], "error") if key in errors else (self._warnings.get(key, ""), "warning")
+            if key in errors:
+                text, kind = errors[key], "error"
+            elif key in self._refusals:
+                text, kind = self._refusals[key], "error"
+            else:
+                text, kind = self._warnings.get(key, ""), "warning"
             f.message.value = message_html(text, kind)
         if errors:
             names = ", ".join(k or "form" for k in errors)
             self.status.value = message_html(f"{len(errors)} parameter(s) need fixing: {names}" + (f" ({errors['']})" if "" in errors else ""))
+        elif self._refusals:
+            self.status.value = message_html("cannot run on this dataset: " + "; ".join(self._refusals.values()))
         elif self._warnings:
             self.status.value = message_html(f"all parameters valid; check {', '.join(self._warnings)} (marked in orange)", "warning")
         else:
             self.status.value = message_html("all parameters valid", "ok")
+        for callback in list(self._checked):
+            callback()
         return dict(errors)
+
+    def _dataset_refusals(self) -> dict[str, str]:
+        """What the run command would refuse of these parameters on their dataset (the same check)."""
+        if self._config is None:
+            return {}
+        if len(self.datasets) > 4:  # paths changed often: keep the memo small
+            self.datasets.clear()
+        return pipeline_steps.dataset_refusals(self._config, root=self.root, memo=self.datasets)
+
+    def refusals(self) -> dict[str, str]:
+        """Key -> why the dataset cannot serve that value (a run would be refused); empty when it can."""
+        return dict(self._refusals)
+
+    def open_dataset(self, cfg: C.Config) -> list:
+        """The bboxes ``cfg`` names (paths relative to the project), opened lazily once per dataset."""
+        resolved = pipeline_steps.with_data_paths(cfg, self.root)
+        key = pipeline_steps.dataset_key(resolved)
+        if key not in self.datasets:
+            from ..data.datasets import open_dataset
+
+            self.datasets[key] = open_dataset(resolved)
+        return self.datasets[key]
+
+    def on_checked(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every validation, valid or not (e.g. to enable a Run button)."""
+        self._checked.append(callback)
 
     def _type_error(self, key: str, value: Any) -> str:
         """Why a notebook display parameter's value has the wrong type ("" if it is fine), as the runner checks it."""

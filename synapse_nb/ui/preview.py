@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
+import pandas as pd
 
 from ..core import labels as L
 from ..core.config import Config
 from ..core.errors import DataError
 from ..cubes.morphometry import MORPHOMETRIC_VOXEL_KEYS
+from ..cubes.prepost import partner_table, side_decided
 from ..cubes.rendering import RenderSettings
-from ..data.datasets import open_dataset
+from ..figures.markers import CubeMarker, PlaneMark, cube_markers, marker_note, plane_marks
 from ..pipeline import cache, steps
 from .form import message_html, set_options
 
@@ -39,7 +41,9 @@ GEOMETRY_KEYS = ("cube_size", "crop_mode", "presynapse_weight")
 RENDER_KEYS = ("segmentation_type", "alpha", "gray_value", "quantize_8bit", "second_minmax")
 PLANES = {"z": "y-x plane at z", "y": "z-x plane at y", "x": "z-y plane at x"}
 IMAGE_PX = 220
-SHOWN_COLUMNS = ("pre_side", "ambiguous", "ambiguity_reason")
+SHOWN_COLUMNS = ("side 1", "side 2", "ambiguous", "ambiguity_reason")
+#: Marker size on the preview images, in pixels (half the cross / the circle's radius).
+MARK_PX = 4
 
 
 def cube_keys() -> tuple[str, ...]:
@@ -52,16 +56,41 @@ def _key(cfg: "Config", keys) -> str:
     return json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True, default=str)
 
 
-def plane_png(plane: np.ndarray, size: int = IMAGE_PX) -> bytes:
-    """A [0, 1] plane as a gray PNG, enlarged without smoothing (voxels stay visible)."""
+def plane_png(plane: np.ndarray, size: int = IMAGE_PX, marks: "list[PlaneMark] | None" = None) -> bytes:
+    """A [0, 1] plane as a gray PNG, enlarged without smoothing (voxels stay visible), with
+    ``marks`` drawn in colour: a cross at the cleft centre, a labelled dot per side point
+    (hollow when projected from another depth)."""
     from PIL import Image
 
     img = Image.fromarray(np.clip(np.round(plane * 255.0), 0, 255).astype(np.uint8), mode="L")
     scale = max(1, size // max(plane.shape))
     img = img.resize((plane.shape[1] * scale, plane.shape[0] * scale), Image.NEAREST)
+    if marks:
+        img = _draw_marks(img.convert("RGB"), marks, scale)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def mark_pixel(mark: "PlaneMark", scale: int) -> tuple[int, int]:
+    """Pixel (x, y) of a mark's voxel centre on a plane enlarged ``scale`` times."""
+    return int((mark.col + 0.5) * scale), int((mark.row + 0.5) * scale)
+
+
+def _draw_marks(img, marks: "list[PlaneMark]", scale: int):
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(img)
+    r = MARK_PX
+    for m in marks:
+        x, y = mark_pixel(m, scale)
+        if m.kind == "cleft":
+            draw.line([(x - r - 1, y), (x + r + 1, y)], fill=m.color, width=2)
+            draw.line([(x, y - r - 1), (x, y + r + 1)], fill=m.color, width=2)
+            continue
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=m.color, width=2, fill=m.color if m.in_slice else None)
+        draw.text((x + r + 1, y - 2 * r - 2), m.label, fill=m.color)
+    return img
 
 
 def planes_at(cube: np.ndarray, depth: int) -> dict[str, np.ndarray]:
@@ -81,10 +110,21 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+def names_pre_or_post(key: str) -> bool:
+    """Whether a column name speaks of the pre- or postsynaptic side (``pre_volume_vox``, ``mito_near_pre_...``)."""
+    return any(part in ("pre", "post") for part in key.split("_"))
+
+
 def morphometrics_html(row: Any) -> str:
-    """Morphometrics and the pre/post decision of one built synapse as a small table."""
+    """Morphometrics and the pre/post decision of one built synapse as a small table; its
+    partners are "side 1" / "side 2" (with "pre" / "post" only where decided), and measures
+    of the pre- or postsynaptic segment are left out where no side was decided."""
+    if "pre_side" in row.index:
+        row = pd.concat([row, partner_table(pd.DataFrame([row])).iloc[0]])
     keys = [*SHOWN_COLUMNS, *MORPHOMETRIC_VOXEL_KEYS]
-    keys += [k for k in row.index if (k.endswith("_nm3") or k.endswith("_nm2")) and k not in keys]
+    keys += [k for k in row.index if (k.endswith("_um3") or k.endswith("_um2")) and k not in keys]
+    if not side_decided(row):
+        keys = [k for k in keys if not names_pre_or_post(k)]
     cells = []
     for k in keys:
         if k not in row.index:
@@ -114,6 +154,8 @@ class SynapsePreview:
         self.cubes: "CubeSet | None" = None  # the one-synapse cube set being shown
         self.rendered: np.ndarray | None = None  # (S, S, S) float32 in [0, 1]
         self.planes: dict[str, np.ndarray] = {}
+        self.markers: list[CubeMarker] = []  # cleft centre and side points in the shown cube
+        self.marks: dict[str, list[PlaneMark]] = {}  # the markers drawn on each plane
         self._dataset: list["BboxData"] | None = None
         self._dataset_key = self._cube_key = None
         self._cfg: "Config | None" = None
@@ -148,9 +190,7 @@ class SynapsePreview:
     def _open(self, cfg: "Config") -> bool:
         self._dataset = None
         try:
-            paths = [k for k in ("raw_dir", "seg_dir", "mask_dir", "table_dir", "dataset") if getattr(cfg, k, "")]
-            resolved = cfg.model_copy(update={k: str(self.form.resolve(getattr(cfg, k))) for k in paths})
-            self._dataset = open_dataset(resolved)
+            self._dataset = self.form.open_dataset(cfg)  # opened once, shared with the form's dataset check
         except (DataError, OSError, ValueError) as exc:
             hint = " Run `make demo-data` to create the demo dataset." if "data/demo" in str(exc) else ""
             self._set_options([], [])
@@ -238,7 +278,7 @@ class SynapsePreview:
         try:
             self.cubes.require_type(t)  # as 01_load / 02_extract would refuse it
         except DataError as exc:
-            self.rendered, self.planes = None, {}
+            self.rendered, self.planes, self.marks = None, {}, {}
             for img in self.images.values():
                 img.value = b""
             self.message.value = message_html(str(exc), "error")
@@ -249,8 +289,10 @@ class SynapsePreview:
         self.message.value = message_html(
             f"the mask of segmentation type {t} is empty for this synapse: extraction would skip it", "warning") if empty else ""
         row = self.cubes.table.iloc[0]
+        self.markers = cube_markers(row, self.rendered.shape[0])
         self.title.value = (f"<b>{html.escape(str(row[L.BBOX_COLUMN]))} / {html.escape(str(row[L.NAME_COLUMN]))}</b>"
-                            f" &middot; type {t}: {html.escape(L.SEGMENTATION_TYPES[t])} &middot; alpha {cfg.alpha:g}")
+                            f" &middot; type {t}: {html.escape(L.SEGMENTATION_TYPES[t])} &middot; alpha {cfg.alpha:g}"
+                            f"<br><span style='font-size:11px;color:#555'>{html.escape(marker_note(side_decided(row)))}</span>")
         self.morph.value = morphometrics_html(row)
         self.show_planes()
 
@@ -258,12 +300,15 @@ class SynapsePreview:
         if self.rendered is None:
             return
         self.planes = planes_at(self.rendered, self.depth.value)
+        size = self.rendered.shape[0]
+        depth = int(np.clip(self.depth.value, 0, size - 1))
+        self.marks = {a: plane_marks(self.markers, a, depth, size) for a in self.planes}
         for a, plane in self.planes.items():
-            self.images[a].value = plane_png(plane)
+            self.images[a].value = plane_png(plane, marks=self.marks[a])
 
     def _clear(self, text: str) -> None:
         self.cubes = self.rendered = None
-        self.planes = {}
+        self.planes, self.markers, self.marks = {}, [], {}
         for img in self.images.values():
             img.value = b""
         self.title.value = self.morph.value = ""

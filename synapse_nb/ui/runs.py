@@ -141,6 +141,8 @@ class RunController:
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
         self.message = W.HTML()
         self.message.add_class("snb-run-message")
+        self.blocked = W.HTML()  # why Run is off: the dataset cannot serve the parameters
+        self.blocked.add_class("snb-run-blocked")
         self.overall = W.IntProgress(value=0, min=0, max=1, description="combinations", layout=W.Layout(width="420px", display="none"))
         self.overall_label = W.HTML()
         self.steps_box = W.VBox()
@@ -153,8 +155,18 @@ class RunController:
             W.HTML(f"<span style='font-size:12px;color:#555'>Runs go to <code>{html.escape(str(self.runs_root))}</code>, "
                    f"reports to <code>{html.escape(str(self.reports_root))}</code>.</span>"),
             W.HBox([self.run_button, self.sweep_choice, self.sweep_button, self.stop_button]),
-            self.message, W.HBox([self.overall, self.overall_label]), self.steps_box, self.log,
+            self.blocked, self.message, W.HBox([self.overall, self.overall_label]), self.steps_box, self.log,
         ])
+        form.on_checked(self._sync_run_button)
+        self._sync_run_button()
+
+    def _sync_run_button(self) -> None:
+        """Run is off while a run is going, or while the dataset cannot serve the form's parameters."""
+        refusals = self.form.refusals()
+        why = "; ".join(refusals.values())
+        self.run_button.disabled = self.running or bool(refusals)
+        self.run_button.tooltip = f"cannot run: {why}" if why else ""
+        self.blocked.value = message_html(f"Run is off: {why}") if why else ""
 
     def _abs(self, p: str | Path) -> Path:
         p = Path(p)
@@ -185,7 +197,9 @@ class RunController:
         else:
             values = dict(params)
         steps = runner.select_steps()
-        runner.plan_parameters(values, steps, self.root, "the panel's parameters")  # fail here, not in the log
+        source = "the panel's parameters"
+        cfg, _ = runner.plan_parameters(values, steps, self.root, source)  # fail here, not in the log
+        runner.refuse_unservable(cfg, steps, self.root, source, memo=self.form.datasets)  # before any folder exists
         run = self._new_folder("run_")
         request = atomic.write_text(run / REQUEST_NAME, yaml.safe_dump(values, sort_keys=False))
         cmd = [self.python, "-m", "synapse_nb", "run", str(request), "--run-dir", str(run), "--reports-dir", str(self.reports_root)]
@@ -200,7 +214,7 @@ class RunController:
         path = Path(spec) if Path(spec).is_absolute() else self.root / "parameters" / spec
         combos = sweep.expand(sweep.read_spec(path))
         steps = runner.select_steps()
-        sweep.validate(combos, steps, str(path))
+        sweep.validate(combos, steps, str(path), root=self.root)  # names every combination the dataset cannot serve
         folder = self._new_folder(sweep.SWEEP_PREFIX)
         cmd = [self.python, "-m", "synapse_nb", "sweep", str(path), "--sweep-dir", str(folder), "--reports-dir", str(self.reports_root)]
         self._launch("sweep", folder, cmd, steps, n_combos=len(combos))
@@ -261,7 +275,8 @@ class RunController:
             logger.exception("panel monitor failed")
             self.message.value = message_html(f"lost track of the run: {exc}")
         finally:
-            self.run_button.disabled = self.sweep_button.disabled = False
+            self.sweep_button.disabled = False
+            self.run_button.disabled = bool(self.form.refusals())
             self.stop_button.disabled = True
             for callback in list(self._callbacks):  # before wait() returns: callers see their effect
                 try:
