@@ -202,6 +202,53 @@ def test_cluster_target_refuses_noise_rows():
         target.score(act, [0, 1])
 
 
+EXPLAINS_DEEP = "the maps explain what makes the network's features of a synapse resemble those of its cluster, not the descriptors"
+
+
+def planted_descriptor_run(feature_set: str, n: int = 24, d: int = 12, seed: int = 1):
+    """Features with descriptor columns, clustered (PCA scores + labels) on ``feature_set`` as 03/04 do."""
+    from synapse_nb.analysis import feature_sets as FS
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.gamma(2.0, 1.0, size=(n, d)), columns=[f"feat_{i:04d}" for i in range(d)])
+    df["vesicle_volume_um3"] = rng.uniform(0.01, 0.2, n)
+    df["cleft_area_um2"] = rng.uniform(0.02, 0.1, n)
+    matrix = FS.assemble(df, feature_set=feature_set, descriptor_weight=0.5)
+    Z, _ = R.pca(matrix.values, 50)
+    emb = pd.DataFrame(Z.astype(np.float32), columns=[f"pca_{i}" for i in range(1, Z.shape[1] + 1)])
+    labels = (df["vesicle_volume_um3"] > df["vesicle_volume_um3"].median()).to_numpy(int)  # clusters of the descriptors
+    labels[0] = -1
+    return df, emb, labels
+
+
+@pytest.mark.parametrize("feature_set", ["descriptors", "hybrid"])
+def test_cluster_space_of_a_descriptor_or_hybrid_run_is_the_network_features_own(feature_set):
+    df, emb, labels = planted_descriptor_run(feature_set)
+    with pytest.raises(A.AttentionError, match="not a linear projection"):  # what a deep-only recovery would say
+        A.cluster_space(df, emb, labels)
+    space = A.cluster_space(df, emb, labels, feature_set=feature_set, pca_components=50, seed=42, descriptor_weight=0.5)
+    assert space.feature_set == feature_set and space.residual < 1e-8
+    # the deep features alone: standardised, PCA with min(50, n - 1, d) components, 04's labels
+    Xs, _ = R.standardize(df)
+    Z, _ = R.pca(Xs, 12, 42)
+    z = space.project(torch.as_tensor(df[[c for c in df.columns if c.startswith("feat_")]].to_numpy())).numpy()
+    assert z.shape == (24, 12) and np.allclose(z, Z, atol=1e-8)
+    assert set(space.centroids) == {0, 1} and np.allclose(space.centroids[1], Z[labels == 1].mean(axis=0))
+    # the score is the cosine to the own cluster's deep-feature centroid
+    target = A.ClusterTarget(3, "avg", space, labels)
+    rows = [1, 2, 7]
+    act = torch.as_tensor(df.iloc[rows, :12].to_numpy(), dtype=torch.float32)[:, :, None, None, None].expand(-1, -1, 2, 2, 2)
+    want = [Z[r] @ space.centroids[labels[r]] / np.linalg.norm(Z[r]) / np.linalg.norm(space.centroids[labels[r]]) for r in rows]
+    assert np.allclose(target.score(act, rows).numpy(), want, atol=1e-4)
+    (note,) = space.notes
+    assert EXPLAINS_DEEP in note and f"**{feature_set}** feature set" in note and "silhouette of" in note
+    assert ("played no part in the clustering" in note) == (feature_set == "descriptors")
+    assert ("50% of the variance" in note) == (feature_set == "hybrid")
+    assert space.meaning == A.DEEP_PROXY_MEANING
+    with pytest.raises(A.AttentionError, match="has no feat_\\* columns"):
+        A.cluster_space(df.drop(columns=[c for c in df.columns if c.startswith("feat_")]), emb, labels, feature_set=feature_set)
+
+
 def small_head_model(n_classes: int = 3, size: int = 32):
     model, info = build_model(None, seed=3)
     torch.manual_seed(0)
@@ -558,3 +605,47 @@ def test_load_study_from_a_run_without_clusters(tmp_path: Path):
     assert "features.27 is skipped" in result.notes()
     # features recomputed with the network of 02_extract: the stored constant ones do not match, and the notes say so
     assert "recomputed features differ from 02_extract's" in result.notes()
+
+
+@pytest.mark.parametrize(("feature_set", "turns"), [("hybrid", 2), ("descriptors", 1)])
+def test_load_study_of_a_descriptor_run_says_what_is_explained(tmp_path: Path, feature_set: str, turns: int):
+    """A run clustered on descriptors/hybrid (03_reduce's recorded feature_set) loads, the target lives in the
+    network's features, and the notes say so; with rotation averaging the stored features are checked against
+    rotation-averaged ones recomputed here, not against the unrotated cube Grad-CAM explains."""
+    from synapse_nb.analysis import feature_sets as FS
+
+    run = Run(tmp_path)
+    cubes = synthetic_cubeset()
+    cubes.save(run.cubes_dir)
+    recorded = C.make_config({"cube_size": S, "extraction_method": "stage_specific", "layer_num": 20,
+                              "pooling_method": "max", "rotation_averaging": turns})
+    (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
+    model, info = build_model(None, seed=recorded.seed)
+    features = _pipeline_steps.compute_features(cubes, model, info, recorded, progress=False).features  # 02_extract's own
+    features["vesicle_volume_um3"] = [0.05, 0.06, 0.15, 0.16]
+    features["cleft_area_um2"] = [0.03, 0.02, 0.08, 0.07]
+    run.write(artifacts.FEATURES, features)
+    reduce_cfg = C.make_config({"feature_set": feature_set, "descriptor_weight": 0.5})
+    (tmp_path / "params_03_reduce.yaml").write_text(yaml.safe_dump(reduce_cfg.to_dict()))
+    Z, _ = R.pca(FS.assemble(features, feature_set=feature_set, descriptor_weight=0.5).values, 50)
+    run.write(artifacts.EMBEDDINGS, pd.DataFrame(Z.astype(np.float32), columns=[f"pca_{i}" for i in range(1, Z.shape[1] + 1)]))
+    run.write(artifacts.CLUSTERS, features[["bbox", "Var1"]].assign(cluster=["0", "0", "1", "1"], cluster_label=[0, 0, 1, 1]))
+
+    study = _pipeline_steps.load_study(run, C.make_config({"attention_target": "cluster", "attention_layers": [3, 20]}))
+    assert study.space.feature_set == feature_set and study.space.projection.shape == (96, 3)  # min(50, n - 1) components
+    text = study.describe()
+    assert A.DEEP_PROXY_MEANING in text and EXPLAINS_DEEP in text
+    assert ("played no part in the clustering" in text) == (feature_set == "descriptors")
+    assert ("Grad-CAM explains the unrotated cube" in text) == (turns > 1)
+    result = A.explain(study, A.select_rows(study), show_progress=False)
+    assert (result.samples["clustered_on"] == feature_set).all()
+    notes = result.notes()
+    assert f"clusters were made on the {feature_set} feature set" in notes
+    # same cubes, same network: the stored features match what is recomputed (rotation-averaged when 02 averaged)
+    assert result.samples["feature_match"].min() > 0.9999 and "recomputed features differ" not in notes
+    if turns > 1:
+        unrotated = result.samples["unrotated_match"]
+        assert unrotated.between(-1, 1).all() and (unrotated < result.samples["feature_match"]).all()
+        assert "unrotated" in notes
+    else:
+        assert "unrotated_match" not in result.samples

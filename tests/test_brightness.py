@@ -153,3 +153,44 @@ def test_not_measurable_without_an_intensity_column_and_clear_errors():
         B.brightness_check(renamed, np.ones((12, 2)), labels=[0, 1, 2])
     with pytest.raises(ValueError, match="pca_\\* columns"):
         B.brightness_check(renamed, renamed[["bbox"]])
+
+
+# --------------------------------------------------------------------------------------
+# end to end: the brightness preset of the demo through the real cube and feature steps
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def brightness_features(tmp_path_factory):
+    """Deep features (random weights, per-cube min-max) of the brightness preset: one shape
+    class, brightness and contrast varying by bbox."""
+    from synapse_nb.core.config import make_config
+    from synapse_nb.data.datasets import open_dataset
+    from synapse_nb.data.demo import demo_spec, make_demo_dataset
+    from synapse_nb.features.checkpoint import build_model
+    from synapse_nb.pipeline.steps import compute_features, make_cubes
+
+    out = tmp_path_factory.mktemp("brightness_preset")
+    make_demo_dataset(out, demo_spec("brightness"), progress=False)
+    cfg = make_config({"raw_dir": str(out / "raw"), "seg_dir": str(out / "seg"), "mask_dir": str(out / "mask"),
+                       "table_dir": str(out / "tables"), "cube_size": 32, "segmentation_type": 0,
+                       "extraction_method": "stage_specific", "layer_num": 20})
+    cubes = make_cubes(open_dataset(cfg), cfg, progress=False)
+    model, info = build_model(None, seed=42)
+    return compute_features(cubes, model, info, cfg, progress=False).features
+
+
+def _check(features: pd.DataFrame, feature_set: str) -> B.BrightnessCheck:
+    from synapse_nb.analysis import clustering as C
+
+    Z, _ = R.pca(FS.assemble(features, feature_set=feature_set).values, n_components=min(20, len(features) - 1))
+    result = C.cluster(Z, method="kmeans", k=None, k_range=(2, 5), k_selection="silhouette", show_progress=False)
+    return B.brightness_check(features, Z, labels=result.labels)
+
+
+def test_fires_on_the_brightness_preset_and_not_on_its_descriptors(brightness_features):
+    """Random-weight deep features of one shape class split by bbox brightness: the warning
+    fires; the descriptors of the same cubes do not follow brightness, and it stays silent."""
+    deep = _check(brightness_features, "deep")
+    assert deep.measurable and deep.warn, deep.message
+    assert abs(deep.pc1_r) >= 0.5
+    shape = _check(brightness_features, "descriptors")
+    assert shape.measurable and not shape.warn, shape.message

@@ -225,6 +225,51 @@ def rank_eta2(values: np.ndarray, groups: np.ndarray) -> float:
     return between / total
 
 
+def _pc1_correlation(X: np.ndarray, bright: np.ndarray, first_is_pc1: bool) -> tuple[float, float, float]:
+    """Pearson r (and p) of the first principal component with brightness, and its variance share."""
+    from scipy.stats import pearsonr
+
+    if first_is_pc1:
+        pc1 = X[:, 0] - X[:, 0].mean()
+        total = float(((X - X.mean(axis=0)) ** 2).sum())
+        share = float((pc1 ** 2).sum() / total) if total > 0 else float("nan")
+    else:
+        pc1, share = first_component(X)
+    if np.ptp(pc1) == 0 or np.ptp(bright) == 0:
+        return 0.0, 1.0, share
+    r, p = (float(v) for v in pearsonr(pc1, bright))
+    return r, p, share
+
+
+def _cluster_measures(lab: np.ndarray | None, keep: np.ndarray, bright: np.ndarray) -> tuple[float, float, int]:
+    """Rank eta^2 of brightness across clusters, ARI of clusters vs brightness bins, k."""
+    if lab is None:
+        return float("nan"), float("nan"), 0
+    groups = lab[keep]
+    k = len(np.unique(groups))
+    if k < 2:
+        return float("nan"), float("nan"), k
+    from sklearn.metrics import adjusted_rand_score
+
+    bins = pd.qcut(pd.Series(bright[keep]).rank(method="first"), k, labels=False).to_numpy()
+    return rank_eta2(bright[keep], groups), float(adjusted_rand_score(groups, bins)), k
+
+
+def _verdict(r: float, p: float, eta2: float, k: int, what: str) -> tuple[bool, str]:
+    """Whether to warn, and the sentence that says so (or that brightness does not drive it)."""
+    axis_flag = abs(r) >= R_WARN and p < P_WARN
+    cluster_flag = bool(np.isfinite(eta2) and eta2 >= ETA2_WARN)
+    measured = [f"|r(PC1, {what})| = {abs(r):.2f}"]
+    if np.isfinite(eta2):
+        measured.append(f"the {k} clusters account for {100 * eta2:.0f} % of its differences between synapses (rank eta^2)")
+    if axis_flag or cluster_flag:
+        lead = ("The clusters mostly follow brightness, not synapse shape" if cluster_flag
+                else "The main axis of variation (PC1) follows brightness, not synapse shape")
+        return True, f"{lead}: {'; '.join(measured)}. Before reading the clusters as synapse types, {ADVICE}."
+    return False, (f"Brightness does not drive the result: {'; '.join(measured)} "
+                   f"(warning from |r| >= {R_WARN} or eta^2 >= {ETA2_WARN}).")
+
+
 def brightness_check(
     features: pd.DataFrame,
     X_or_emb: np.ndarray | pd.DataFrame | FeatureMatrix,
@@ -259,6 +304,7 @@ def brightness_check(
     ok = np.isfinite(y) & np.isfinite(X).all(axis=1)
     if (~ok).any():
         notes.append(f"{int((~ok).sum())} synapse(s) without a finite {col} or matrix row left out")
+    noise = np.zeros(len(X), dtype=bool)
     if lab is not None:
         noise = np.array([(isinstance(v, (int, np.integer)) and v == -1) or v == NOISE_NAME for v in lab], dtype=bool)
         if noise.any():
@@ -269,8 +315,6 @@ def brightness_check(
             measurable=False, warn=False, intensity_column=col, n=n, notes=notes,
             message=f"Brightness check not measurable: {n} synapse(s) with a finite {col}" + (", all equal." if n >= 4 else "."),
         )
-    from scipy.stats import pearsonr
-
     bright = np.full(len(y), np.nan)
     bright[ok] = y[ok]
     shape_r2 = float("nan")
@@ -278,42 +322,9 @@ def brightness_check(
         bright[ok], shape_r2, note = shape_adjusted(features[ok], y[ok], column=col)
         notes.append(note)
     adjusted = bool(np.isfinite(shape_r2) and shape_r2 > 0)
-    if first_is_pc1:
-        pc1 = X[ok, 0] - X[ok, 0].mean()
-        total = float(((X[ok] - X[ok].mean(axis=0)) ** 2).sum())
-        share = float((pc1 ** 2).sum() / total) if total > 0 else float("nan")
-    else:
-        pc1, share = first_component(X[ok])
-    if np.ptp(pc1) == 0 or np.ptp(bright[ok]) == 0:
-        r, p = 0.0, 1.0
-    else:
-        r, p = (float(v) for v in pearsonr(pc1, bright[ok]))
-    eta2 = ari = float("nan")
-    k = 0
-    if lab is not None:
-        keep = ok & ~noise
-        groups = lab[keep]
-        k = len(np.unique(groups))
-        if k >= 2:
-            from sklearn.metrics import adjusted_rand_score
-
-            eta2 = rank_eta2(bright[keep], groups)
-            bins = pd.qcut(pd.Series(bright[keep]).rank(method="first"), k, labels=False).to_numpy()
-            ari = float(adjusted_rand_score(groups, bins))
-    axis_flag = abs(r) >= R_WARN and p < P_WARN
-    cluster_flag = bool(np.isfinite(eta2) and eta2 >= ETA2_WARN)
-    warn = axis_flag or cluster_flag
-    what = f"{col} not explained by shape" if adjusted else col
-    measured = [f"|r(PC1, {what})| = {abs(r):.2f}"]
-    if np.isfinite(eta2):
-        measured.append(f"the {k} clusters account for {100 * eta2:.0f} % of its differences between synapses (rank eta^2)")
-    if warn:
-        lead = ("The clusters mostly follow brightness, not synapse shape" if cluster_flag
-                else "The main axis of variation (PC1) follows brightness, not synapse shape")
-        message = f"{lead}: {'; '.join(measured)}. Before reading the clusters as synapse types, {ADVICE}."
-    else:
-        message = (f"Brightness does not drive the result: {'; '.join(measured)} "
-                   f"(warning from |r| >= {R_WARN} or eta^2 >= {ETA2_WARN}).")
+    r, p, share = _pc1_correlation(X[ok], bright[ok], first_is_pc1)
+    eta2, ari, k = _cluster_measures(lab, ok & ~noise if lab is not None else ok, bright)
+    warn, message = _verdict(r, p, eta2, k, f"{col} not explained by shape" if adjusted else col)
     logger.info("brightness_check: %s", message)
     return BrightnessCheck(
         measurable=True, warn=warn, message=message, intensity_column=col, n=n, pc1_r=r, pc1_p=p,

@@ -285,7 +285,7 @@ def descriptor_analysis(
         if not columns:
             raise ValueError(
                 "the table has no descriptor columns (vesicle_volume_um3, cleft_area_um2, ...): rebuild the cubes "
-                "(01_cubes) with this version, or name the columns to compare with columns=[...]"
+                "(01_load) with this version, or name the columns to compare with columns=[...]"
             )
     columns = _check_columns(frame, columns)
     kw = kruskal_tests(frame, labels, columns, include_noise).set_index("measure")

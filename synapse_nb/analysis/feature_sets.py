@@ -136,6 +136,46 @@ def _descriptor_block(features: pd.DataFrame, columns: Sequence[str], names: lis
     return pd.DataFrame(kept, index=features.index), notes
 
 
+def _deep_block(features: pd.DataFrame, feature_set: str, names: list[str], prefix: str,
+                notes: list[str]) -> tuple[pd.DataFrame, int]:
+    """The standardised deep feature columns and how many are constant (they stay 0)."""
+    cols = feature_columns(features, prefix)
+    if not cols:
+        hint = "use feature_set='descriptors'" if feature_set == "hybrid" else "pass the features table written by 02_extract"
+        raise ValueError(f"feature_set {feature_set!r} needs deep feature columns ({prefix}*) but the table has none; {hint}")
+    Xs, scaler = standardize(features[cols], names, prefix=prefix)
+    if scaler.n_constant:
+        notes.append(f"{scaler.n_constant} of {len(cols)} deep features are constant and stay at 0")
+    return pd.DataFrame(Xs, index=features.index, columns=cols), scaler.n_constant
+
+
+def _descriptors_for(features: pd.DataFrame, feature_set: str, descriptors: Sequence[str] | None, names: list[str],
+                     notes: list[str]) -> pd.DataFrame:
+    """The usable descriptor block (z-scored, missing and constant columns dropped with notes)."""
+    if descriptors is None:
+        from ..cubes.descriptors import descriptor_columns
+
+        descriptors = descriptor_columns(features, clustered_only=True)
+    cols = list(descriptors)
+    missing = [c for c in cols if c not in features.columns]
+    if missing:
+        raise ValueError(f"descriptor column(s) {missing} are not in the features table; leave them out or rebuild the cubes")
+    if not cols:
+        raise ValueError(
+            f"feature_set {feature_set!r} needs morphometric descriptor columns (vesicle_volume_um3, cleft_area_um2, "
+            "cleft_flatness, ...) but the features table has none: rebuild the cubes (01_load) with this version "
+            "so the cube table carries them, re-run 02_extract, or use feature_set='deep'"
+        )
+    desc, desc_notes = _descriptor_block(features, cols, names)
+    notes.extend(desc_notes)
+    if desc.shape[1] == 0:
+        raise ValueError(
+            f"feature_set {feature_set!r}: none of the descriptor columns {list(cols)} is usable (all missing or constant); "
+            "annotate the structures they measure or use feature_set='deep'"
+        )
+    return desc
+
+
 def assemble(
     features: pd.DataFrame,
     *,
@@ -157,46 +197,11 @@ def assemble(
     if len(features) == 0:
         raise ValueError("the feature table is empty: no synapses to analyse")
     names = row_names(features)
+    notes: list[str] = []
+    deep, n_constant = _deep_block(features, feature_set, names, prefix, notes) if feature_set != "descriptors" else (None, 0)
+    desc = _descriptors_for(features, feature_set, descriptors, names, notes) if feature_set != "deep" else None
     blocks: list[pd.DataFrame] = []
     block_of: dict[str, str] = {}
-    notes: list[str] = []
-    n_constant = 0
-
-    deep = None
-    if feature_set in ("deep", "hybrid"):
-        cols = feature_columns(features, prefix)
-        if not cols:
-            hint = "use feature_set='descriptors'" if feature_set == "hybrid" else "pass the features table written by 02_extract"
-            raise ValueError(f"feature_set {feature_set!r} needs deep feature columns ({prefix}*) but the table has none; {hint}")
-        Xs, scaler = standardize(features[cols], names, prefix=prefix)
-        n_constant = scaler.n_constant
-        deep = pd.DataFrame(Xs, index=features.index, columns=cols)
-        if n_constant:
-            notes.append(f"{n_constant} of {len(cols)} deep features are constant and stay at 0")
-
-    desc = None
-    if feature_set in ("descriptors", "hybrid"):
-        if descriptors is None:
-            from ..cubes.descriptors import descriptor_columns
-
-            descriptors = descriptor_columns(features, clustered_only=True)
-        cols = list(descriptors)
-        missing = [c for c in cols if c not in features.columns]
-        if missing:
-            raise ValueError(f"descriptor column(s) {missing} are not in the features table; leave them out or rebuild the cubes")
-        if not cols:
-            raise ValueError(
-                f"feature_set {feature_set!r} needs morphometric descriptor columns (vesicle_volume_um3, cleft_area_um2, "
-                "cleft_flatness, ...) but the features table has none: rebuild the cubes (01_cubes) with this version "
-                "so the cube table carries them, re-run 02_extract, or use feature_set='deep'"
-            )
-        desc, desc_notes = _descriptor_block(features, cols, names)
-        notes.extend(desc_notes)
-        if desc.shape[1] == 0:
-            raise ValueError(
-                f"feature_set {feature_set!r}: none of the descriptor columns {list(cols)} is usable (all missing or constant); "
-                "annotate the structures they measure or use feature_set='deep'"
-            )
 
     if feature_set == "deep":
         assert deep is not None

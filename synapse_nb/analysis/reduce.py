@@ -380,6 +380,57 @@ class _Timer:
         self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - t0
 
 
+def _matrix_to_reduce(df: pd.DataFrame, matrix: FeatureMatrix | None, prefix: str) -> tuple[np.ndarray, int, dict[str, Any]]:
+    """The matrix :func:`reduce_features` reduces, its number of constant columns and what
+    feature set it is: the assembled ``matrix`` as is, else the standardised ``feat_*`` columns."""
+    if matrix is None:
+        Xs, scaler = standardize(df, prefix=prefix)
+        info: dict[str, Any] = {
+            "feature_set": "deep", "descriptor_weight": None, "n_columns": {"deep": Xs.shape[1]},
+            "descriptor_columns": [], "notes": [],
+        }
+        return Xs, scaler.n_constant, info
+    if len(matrix.matrix) != len(df) or not matrix.matrix.index.equals(df.index):
+        raise ValueError(
+            f"the assembled matrix has {len(matrix.matrix)} rows indexed differently from the {len(df)}-row "
+            "features table; assemble it from this table: assemble(df, feature_set=...)"
+        )
+    Xs = matrix.values
+    check_finite(Xs, row_names(df))
+    return Xs, matrix.n_constant, matrix.info()
+
+
+def _embed_all(out: pd.DataFrame, Z: np.ndarray, info: dict[str, Any], timer: _Timer, *, methods: Sequence[str],
+               dims: Sequence[int], n_neighbors: int, min_dist: float, metric: str, perplexity: float, seed: int,
+               low_memory: bool, tsne_max_n: int | None | str, show_progress: bool) -> None:
+    """UMAP / t-SNE of ``Z`` in every asked dimension, written into ``out`` (one kNN graph shared
+    by the UMAPs of a large set); parameters and timings go into ``info`` / ``timer``."""
+    n = Z.shape[0]
+    steps = [(m, dim) for m in methods for dim in dims]
+    knn = None
+    bar = progress(total=len(steps), desc="reduce", enabled=show_progress)
+    for method, dim in steps:
+        t0 = time.perf_counter()
+        if method == "umap":
+            k = neighbors_for(n, n_neighbors)
+            shared = sum(m == "umap" for m, _ in steps) > 1 and metric in SHAREABLE_KNN_METRICS
+            if knn is None and n >= UMAP_EXACT_MAX_N and shared:
+                knn = _umap_knn(Z.astype(np.float32), k, metric, seed, low_memory)
+                timer.add("umap_knn", t0)
+                t0 = time.perf_counter()
+            Y = umap_embed(Z, dim, n_neighbors, min_dist, metric, seed, low_memory=low_memory, knn=knn)
+            info["umap"] = {"n_neighbors": k, "min_dist": min_dist, "metric": metric, "low_memory": low_memory}
+        else:
+            tinfo: dict[str, Any] = {}
+            Y = tsne_embed(Z, dim, perplexity, seed, max_n=tsne_max_n, info=tinfo)
+            info.setdefault("tsne", {})[f"{dim}d"] = tinfo
+        timer.add(f"{method}_{dim}d", t0)
+        for j, col in enumerate(embedding_columns(method, dim)):
+            out[col] = Y[:, j]
+        bar.update(1)
+    bar.close()
+
+
 def reduce_features(
     df: pd.DataFrame,
     pca_components: int | float | None = 50,
@@ -420,23 +471,7 @@ def reduce_features(
         raise ValueError(f"embedding dims must be 2 or 3, got {bad_dims}")
     timer = _Timer()
     t0 = time.perf_counter()
-    if matrix is None:
-        Xs, scaler = standardize(df, prefix=prefix)
-        n_constant = scaler.n_constant
-        fs_info: dict[str, Any] = {
-            "feature_set": "deep", "descriptor_weight": None, "n_columns": {"deep": Xs.shape[1]},
-            "descriptor_columns": [], "notes": [],
-        }
-    else:
-        if len(matrix.matrix) != len(df) or not matrix.matrix.index.equals(df.index):
-            raise ValueError(
-                f"the assembled matrix has {len(matrix.matrix)} rows indexed differently from the {len(df)}-row "
-                "features table; assemble it from this table: assemble(df, feature_set=...)"
-            )
-        Xs = matrix.values
-        check_finite(Xs, row_names(df))
-        n_constant = matrix.n_constant
-        fs_info = matrix.info()
+    Xs, n_constant, fs_info = _matrix_to_reduce(df, matrix, prefix)
     timer.add("standardize", t0)
     n, d = Xs.shape
     if methods:
@@ -452,29 +487,9 @@ def reduce_features(
         "explained_variance_ratio": [float(v) for v in evr], "seed": seed,
         "methods": list(methods), "dims": [int(x) for x in dims],
     }
-    steps = [(m, dim) for m in methods for dim in dims]
-    knn = None
-    bar = progress(total=len(steps), desc="reduce", enabled=show_progress)
-    for method, dim in steps:
-        t0 = time.perf_counter()
-        if method == "umap":
-            k = neighbors_for(n, n_neighbors)
-            shared = sum(m == "umap" for m, _ in steps) > 1 and metric in SHAREABLE_KNN_METRICS
-            if knn is None and n >= UMAP_EXACT_MAX_N and shared:
-                knn = _umap_knn(Z.astype(np.float32), k, metric, seed, low_memory)
-                timer.add("umap_knn", t0)
-                t0 = time.perf_counter()
-            Y = umap_embed(Z, dim, n_neighbors, min_dist, metric, seed, low_memory=low_memory, knn=knn)
-            info["umap"] = {"n_neighbors": k, "min_dist": min_dist, "metric": metric, "low_memory": low_memory}
-        else:
-            tinfo: dict[str, Any] = {}
-            Y = tsne_embed(Z, dim, perplexity, seed, max_n=tsne_max_n, info=tinfo)
-            info.setdefault("tsne", {})[f"{dim}d"] = tinfo
-        timer.add(f"{method}_{dim}d", t0)
-        for j, col in enumerate(embedding_columns(method, dim)):
-            out[col] = Y[:, j]
-        bar.update(1)
-    bar.close()
+    _embed_all(out, Z, info, timer, methods=methods, dims=dims, n_neighbors=n_neighbors, min_dist=min_dist,
+               metric=metric, perplexity=perplexity, seed=seed, low_memory=low_memory, tsne_max_n=tsne_max_n,
+               show_progress=show_progress)
     info["timings"] = timer.timings
     out.attrs["reduce"] = info
     logger.info("reduce_features: %d synapses, %s", n, ", ".join(f"{k} {v:.1f}s" for k, v in timer.timings.items()))

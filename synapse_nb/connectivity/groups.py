@@ -553,6 +553,30 @@ def group_table(synapses: pd.DataFrame, X: np.ndarray, strata: np.ndarray | None
     return out.reset_index(drop=True)
 
 
+def _feature_rows(features: pd.DataFrame, source: pd.DataFrame, from_cube_table: bool) -> np.ndarray:
+    """Row of ``features`` for each synapse of ``source`` (-1: it has no features), matched on
+    (bbox, name); a missing column, a repeated name or a synapse of another 01_load is named."""
+    key = [L.BBOX_COLUMN, L.NAME_COLUMN]
+    missing = [c for c in key if c not in features.columns]
+    if missing:
+        raise ValueError(f"the features table lacks column(s) {missing}: rerun 02_extract")
+    dup = features.duplicated(key, keep=False)
+    if dup.any():
+        names = (features.loc[dup, L.BBOX_COLUMN].astype(str) + "/" + features.loc[dup, L.NAME_COLUMN].astype(str)).unique()
+        raise ValueError(f"the features table names synapses more than once: {', '.join(names[:5])}; rerun 02_extract")
+    # before matching on (bbox, Var1): a missing column or a repeated name must be named, not a pandas error
+    _check_table(source, "the synapse table of 01_load" if from_cube_table else "the features table")
+    feat_keys = pd.MultiIndex.from_frame(features[key].astype(str))
+    src_keys = pd.MultiIndex.from_frame(source[key].astype(str))
+    pos = feat_keys.get_indexer(src_keys)  # row of features for each synapse of the source table
+    orphans = np.flatnonzero(src_keys.get_indexer(feat_keys) < 0)
+    if len(orphans):
+        ex = [f"{features[L.BBOX_COLUMN].iloc[i]}/{features[L.NAME_COLUMN].iloc[i]}" for i in orphans[:3]]
+        raise ValueError(f"{len(orphans)} synapses of the features table are not in the synapse table of 01_load "
+                         f"(e.g. {', '.join(ex)}): the run mixes outputs of different 01_load runs; rerun from 01_load")
+    return pos
+
+
 def analyze(
     features: pd.DataFrame,
     embeddings: pd.DataFrame,
@@ -584,23 +608,7 @@ def analyze(
     map_columns = _map_columns(embeddings, map_columns)
     source = features if synapse_table is None else synapse_table
     key = [L.BBOX_COLUMN, L.NAME_COLUMN]
-    missing = [c for c in key if c not in features.columns]
-    if missing:
-        raise ValueError(f"the features table lacks column(s) {missing}: rerun 02_extract")
-    dup = features.duplicated(key, keep=False)
-    if dup.any():
-        names = (features.loc[dup, L.BBOX_COLUMN].astype(str) + "/" + features.loc[dup, L.NAME_COLUMN].astype(str)).unique()
-        raise ValueError(f"the features table names synapses more than once: {', '.join(names[:5])}; rerun 02_extract")
-    # before matching on (bbox, Var1): a missing column or a repeated name must be named, not a pandas error
-    _check_table(source, "the synapse table of 01_load" if synapse_table is not None else "the features table")
-    feat_keys = pd.MultiIndex.from_frame(features[key].astype(str))
-    src_keys = pd.MultiIndex.from_frame(source[key].astype(str))
-    pos = feat_keys.get_indexer(src_keys)  # row of features for each synapse of the source table
-    orphans = np.flatnonzero(src_keys.get_indexer(feat_keys) < 0)
-    if len(orphans):
-        ex = [f"{features[L.BBOX_COLUMN].iloc[i]}/{features[L.NAME_COLUMN].iloc[i]}" for i in orphans[:3]]
-        raise ValueError(f"{len(orphans)} synapses of the features table are not in the synapse table of 01_load "
-                         f"(e.g. {', '.join(ex)}): the run mixes outputs of different 01_load runs; rerun from 01_load")
+    pos = _feature_rows(features, source, synapse_table is not None)
     no_features = "no features (left out at extraction, see skipped_features of 02_extract)"
     choice = choose_grouping(source, grouping, available=pos >= 0)
     if choice.mode == PRESYNAPTIC:

@@ -11,6 +11,11 @@ Targets (``attention_target``), see :data:`TARGET_MEANINGS`
       scores by least squares (min-norm; exact, because PCA axes lie in the span of the
       standardised rows) and checked against them. The map shows what makes the synapse
       look like its cluster.
+      When 03_reduce clustered the ``descriptors`` or a ``hybrid`` feature set, its PCA scores
+      are not a function of the network alone and no gradient reaches them. The target is
+      then built in the network features' own space (standardised, PCA as in 03_reduce, the
+      same 04_cluster labels; :func:`deep_cluster_space`), and the notes say that the maps
+      explain the network's features, not the descriptors (:func:`feature_set_note`).
     * ``logit`` - one classifier output (``attention_class``, -1 = the predicted class);
       only with a checkpoint that holds a trained head.
     * ``norm`` - L2 norm of the pooled features (close to the seed's behaviour): where the
@@ -41,6 +46,13 @@ Most attended
     ratio is above 1 (:func:`most_attended`); otherwise the summary says that no structure
     is attended more than its surroundings.
 
+Rotation averaging
+    When 02_extract averaged the features over turns of the cube about the cleft normal
+    (``rotation_averaging`` > 1), Grad-CAM explains the unrotated cube. The stored features
+    are then checked against rotation-averaged features recomputed for the explained cubes
+    (``feature_match``), and ``unrotated_match`` says how far the explained, unrotated
+    features are from the stored ones (:func:`rotation_note`).
+
 Figures live in :mod:`synapse_nb.explain.figures`.
 """
 from __future__ import annotations
@@ -58,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis import reduce as R
+from ..analysis.feature_sets import FEATURE_SETS
 from ..analysis.clustering import representatives
 from ..core import labels as L
 from ..core.layers import (
@@ -98,6 +111,12 @@ TARGET_MEANINGS: dict[str, str] = {
         "the network responds strongly at all, whatever kind of synapse it is; a baseline"
     ),
 }
+DEEP_PROXY_MEANING = (
+    "cosine similarity of the synapse's pooled network features to the centroid of its cluster's network features "
+    "(standardised and PCA-projected as 03_reduce does, but without the descriptors the clusters were made with): "
+    "bright voxels are what makes the network's features of this synapse resemble those of its cluster"
+)
+"""What the ``cluster`` target means when 03_reduce clustered descriptors or a hybrid set."""
 #: Structure masks compared with the maps, from the structure bits of each cube.
 STRUCTURES: dict[str, int] = {
     "pre": L.BIT_PRE,
@@ -116,6 +135,8 @@ DEFAULT_BATCH_SIZE = 1
 """Cubes per Grad-CAM pass. Measured (benchmarks/bench_attention.py, 2 shared cores, 80^3):
 batch 2 is no faster per cube than batch 1, and every cube adds ~0.45 GB of saved activations
 (batch 1 peaks at ~0.9-1.1 GB, batch 8 at ~4 GB)."""
+FEATURE_MATCH_MIN = 0.99
+"""Cosine below which recomputed features are reported as differing from 02_extract's."""
 PROJECTION_RTOL = 1e-3
 """Largest relative error allowed when re-deriving the stored PCA scores from the features."""
 BORDER_RING_VOXELS = 4
@@ -236,9 +257,11 @@ def gradcam(
 # --------------------------------------------------------------------------------------
 @dataclass
 class ClusterSpace:
-    """The space 04_cluster clustered in, as a differentiable map from pooled features.
+    """The space the ``cluster`` target measures in, as a differentiable map from pooled features.
 
-    ``z = ((f - mean) / scale * keep) @ projection``; ``centroids[label]`` in z-space.
+    ``z = ((f - mean) / scale * keep) @ projection``; ``centroids[label]`` in z-space. For a
+    ``deep`` run it is the space 04_cluster clustered in; otherwise (``feature_set``
+    descriptors/hybrid) the network features' own PCA space, and ``notes`` say so.
     """
 
     mean: np.ndarray
@@ -247,6 +270,13 @@ class ClusterSpace:
     projection: np.ndarray
     centroids: dict[int, np.ndarray]
     residual: float
+    feature_set: str = "deep"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def meaning(self) -> str:
+        """What the target's score is, in words (for the notes and the report)."""
+        return TARGET_MEANINGS["cluster"] if self.feature_set == "deep" else DEEP_PROXY_MEANING
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, D) pooled features -> (B, m) coordinates in the clustering space (differentiable)."""
@@ -258,30 +288,151 @@ def _f64(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(a, dtype=torch.float64)
 
 
-def cluster_space(features: pd.DataFrame, embeddings: pd.DataFrame, labels: np.ndarray) -> ClusterSpace:
-    """Recover 03_reduce's standardisation + PCA and 04_cluster's centroids from the run's tables."""
-    pcs = R.pca_columns(embeddings)
-    if not pcs:
-        raise AttentionError("the embeddings table has no pca_* columns: rerun 03_reduce")
+def _projection(Xs: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares map W with ``Xs @ W ~ Z`` and its relative error."""
+    W, *_ = np.linalg.lstsq(Xs, Z, rcond=None)
+    return W, float(np.linalg.norm(Xs @ W - Z) / max(np.linalg.norm(Z), 1e-12))
+
+
+def _centroids(Z: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
+    labels = np.asarray(labels)
+    centroids = {int(u): Z[labels == u].mean(axis=0) for u in sorted(set(labels.tolist())) if u >= 0}
+    if not centroids:
+        raise AttentionError("every synapse is noise (label -1): there is no cluster centroid to explain")
+    return centroids
+
+
+def cluster_space(
+    features: pd.DataFrame,
+    embeddings: pd.DataFrame,
+    labels: np.ndarray,
+    *,
+    feature_set: str = "deep",
+    pca_components: int = 50,
+    seed: int = 42,
+    descriptor_weight: float | None = None,
+) -> ClusterSpace:
+    """The ``cluster`` target's space for a run that clustered ``feature_set`` (03_reduce's).
+
+    ``deep``: 03_reduce's standardisation + PCA recovered from the stored scores, and 04_cluster's
+    centroids. ``descriptors`` / ``hybrid``: those scores hold descriptors the network cannot
+    explain, so :func:`deep_cluster_space` with 03_reduce's ``pca_components`` and ``seed``
+    (``descriptor_weight`` only words the note).
+    """
+    if feature_set not in FEATURE_SETS:
+        raise AttentionError(f"unknown feature_set {feature_set!r} in 03_reduce's parameters; expected one of {FEATURE_SETS}")
     if not len(features) == len(embeddings) == len(labels):
         raise AttentionError(
             f"features ({len(features)} rows), embeddings ({len(embeddings)}) and clusters ({len(labels)}) "
             "do not line up: rerun 03_reduce and 04_cluster on this run's features"
         )
+    if feature_set != "deep":
+        return deep_cluster_space(features, labels, n_components=pca_components, seed=seed, feature_set=feature_set,
+                                  descriptor_weight=descriptor_weight)
+    pcs = R.pca_columns(embeddings)
+    if not pcs:
+        raise AttentionError("the embeddings table has no pca_* columns: rerun 03_reduce")
     Xs, scaler = R.standardize(features)
     Z = embeddings[pcs].to_numpy(np.float64)
-    W, *_ = np.linalg.lstsq(Xs, Z, rcond=None)
-    residual = float(np.linalg.norm(Xs @ W - Z) / max(np.linalg.norm(Z), 1e-12))
+    W, residual = _projection(Xs, Z)
     if residual > PROJECTION_RTOL:
         raise AttentionError(
             f"the stored PCA scores are not a linear projection of the standardised features "
             f"(relative error {residual:.2g}): the embeddings were made from other features; rerun 03_reduce and 04_cluster"
         )
+    return ClusterSpace(scaler.mean, scaler.scale, (~scaler.constant).astype(np.float64), W, _centroids(Z, labels), residual)
+
+
+def deep_cluster_space(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    *,
+    n_components: int = 50,
+    seed: int = 42,
+    feature_set: str = "hybrid",
+    descriptor_weight: float | None = None,
+) -> ClusterSpace:
+    """The network features' own space for clusters made on other features.
+
+    Standardise the ``feat_*`` columns, PCA with ``min(n_components, n - 1)`` components and
+    ``seed`` (``n_components`` 0 = all n - 1, as many as the centred data has), centroids of
+    ``labels`` there. The silhouette of the labels in that space goes into the note: how
+    distinct the clusters are for the network at all.
+    """
+    if not R.feature_columns(features):
+        raise AttentionError(
+            f"the run clustered feature_set {feature_set!r} and its features table has no feat_* columns: the cluster target "
+            "explains the network's features, so rerun 02_extract, or use attention_target 'norm'"
+        )
+    n = len(features)
+    if n < 2:
+        raise AttentionError(f"the features table has {n} synapse(s): a cluster target needs at least 2")
+    Xs, scaler = R.standardize(features)
+    k = min(int(n_components) if n_components and int(n_components) > 0 else n - 1, n - 1, Xs.shape[1])
+    Z, _ = R.pca(Xs, k, seed)
+    W, residual = _projection(Xs, Z)
+    if residual > PROJECTION_RTOL:  # PCA scores are a projection of Xs by construction; this catches a broken solver
+        raise AttentionError(f"the PCA of the network features did not reproduce its own scores (relative error {residual:.2g})")
+    centroids = _centroids(Z, labels)
+    note = feature_set_note(feature_set, n_components=Z.shape[1], descriptor_weight=descriptor_weight,
+                            silhouette=_silhouette(Z, labels, seed))
+    return ClusterSpace(scaler.mean, scaler.scale, (~scaler.constant).astype(np.float64), W, centroids, residual,
+                        feature_set=feature_set, notes=[note])
+
+
+SILHOUETTE_SAMPLE = 2000
+"""Synapses the silhouette in :func:`deep_cluster_space` is computed on at most (it is O(n^2))."""
+
+
+def _silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
+    """Silhouette of the non-noise ``labels`` in ``Z``; None when undefined (one cluster, or one per synapse)."""
+    from sklearn.metrics import silhouette_score
+
     labels = np.asarray(labels)
-    centroids = {int(u): Z[labels == u].mean(axis=0) for u in sorted(set(labels.tolist())) if u >= 0}
-    if not centroids:
-        raise AttentionError("every synapse is noise (label -1): there is no cluster centroid to explain")
-    return ClusterSpace(scaler.mean, scaler.scale, (~scaler.constant).astype(np.float64), W, centroids, residual)
+    use = labels >= 0
+    k = len(set(labels[use].tolist()))
+    if not 2 <= k < int(use.sum()):
+        return None
+    size = min(int(use.sum()), SILHOUETTE_SAMPLE)
+    return float(silhouette_score(Z[use], labels[use], sample_size=size, random_state=seed))
+
+
+def feature_set_note(
+    feature_set: str,
+    *,
+    n_components: int,
+    descriptor_weight: float | None = None,
+    silhouette: float | None = None,
+) -> str:
+    """What the cluster target explains when 03_reduce clustered ``feature_set`` (markdown)."""
+    if feature_set == "deep":
+        return "Clusters were made on the network's features; the cluster target is measured in that same space."
+    if feature_set == "descriptors":
+        made = ("Clusters were made on the **descriptors** feature set (morphometric descriptors only): "
+                "the network's features played no part in the clustering.")
+    else:
+        share = f", the descriptors holding {100 * float(descriptor_weight):.0f}% of the variance" if descriptor_weight is not None else ""
+        made = f"Clusters were made on the **hybrid** feature set (network features and morphometric descriptors{share})."
+    text = (
+        f"{made} Grad-CAM can only follow the network, so the `cluster` score is the cosine similarity of a synapse's "
+        f"network features to its cluster's centroid of network features (standardised, PCA with {n_components} components, "
+        "the same 04_cluster labels): the maps explain what makes the network's features of a synapse resemble those of "
+        "its cluster, not the descriptors (vesicle cloud volume, cleft area, ...)."
+    )
+    if silhouette is not None:
+        text += (f" In the network's feature space these clusters have a silhouette of {silhouette:.2f} "
+                 "(1 = well apart, 0 = overlapping, below 0 = mixed): the lower it is, the less the maps say about the clusters.")
+    return text
+
+
+def rotation_note(turns: int) -> str:
+    """What Grad-CAM explains when 02_extract averaged features over ``turns`` rotations (markdown)."""
+    return (
+        f"02_extract averaged each synapse's features over {int(turns)} rotations of {360 // int(turns)} degrees about its "
+        "cleft normal; Grad-CAM explains the unrotated cube (the score reads its features, not the average). "
+        "`feature_match` compares the stored features with rotation-averaged ones recomputed here; `unrotated_match` "
+        "says how close the explained, unrotated features are to the stored average."
+    )
 
 
 class Target:
@@ -408,8 +559,9 @@ class Study:
         rng = "[0, 1]" if self.input_range == "0_1" else "[-1, 1]"
         S = self.cubes.geometry.size
         where = "the whole trunk (features.33)" if c.extraction_method == "standard" else layer_text(c.layer_num, S)
+        meaning = self.space.meaning if self.target.kind == "cluster" and self.space is not None else TARGET_MEANINGS[self.target.kind]
         lines = [
-            f"**Target `{self.target.kind}`**: {TARGET_MEANINGS[self.target.kind]}.",
+            f"**Target `{self.target.kind}`**: {meaning}.",
             f"**Network**: {self.weights}.",
             f"**Score read from**: {self._reads(where)}; cubes of segmentation type "
             f"{c.segmentation_type}, alpha {c.alpha}, input range {rng} (as in 02_extract).",
@@ -446,6 +598,7 @@ class AttentionResult:
     skipped_layers: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
     border_ring: int | None = None  # voxels of the cube border left out of the summaries; None = border_ring_width(S)
+    explained: list[str] = field(default_factory=list)  # what the score is when it is not the clustering's own (notes)
 
     @property
     def ring(self) -> int:
@@ -488,16 +641,21 @@ class AttentionResult:
                     "this layer (Grad-CAM keeps positive evidence only; a cluster defined by weaker-than-average "
                     "responses gives such maps)."
                 )
-        lines += [f"⚠ {text}" for text in self.skipped_layers.values()]
+        lines += [f"⚠ {text}" for text in [*self.skipped_layers.values(), *self.explained]]
         outside = int((~self.valid.reshape(len(self.valid), -1)).any(axis=1).sum()) if len(self.valid) else 0
         lines.append(
             f"The summaries (attention vs structure, regions) count only voxels inside the volume ({outside} of {n} cubes "
             f"reach outside it: their padding is left out) and leave out a {self.ring}-voxel ring at the cube border, "
             "where the convolutions' zero padding creates attention of its own."
         )
-        if "feature_match" in self.samples and (self.samples["feature_match"] < 0.99).any():
+        if "feature_match" in self.samples and (self.samples["feature_match"] < FEATURE_MATCH_MIN).any():
             worst = float(self.samples["feature_match"].min())
             lines.append(f"⚠ recomputed features differ from 02_extract's (cosine down to {worst:.3f}): were the cubes or weights changed?")
+        if "unrotated_match" in self.samples and len(self.samples):
+            lines.append(
+                f"The explained (unrotated) cubes' features are at cosine {float(self.samples['unrotated_match'].min()):.3f} "
+                "or more to the stored rotation-averaged ones; the lower, the more the average depends on the turns."
+            )
         return "\n\n".join(lines)
 
     def clearest(self) -> int:
@@ -592,6 +750,15 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     samples["score"] = scores
     for k, v in extra.items():
         samples[k] = v
+    explained: list[str] = []
+    if study.target.kind == "cluster" and study.space is not None:
+        samples["clustered_on"] = study.space.feature_set
+        if study.space.feature_set != "deep":
+            explained.append(
+                f"clusters were made on the {study.space.feature_set} feature set: `score` is the similarity of the "
+                "network's features to the cluster's network-feature centroid, not of the descriptors"
+            )
+    turns = int(getattr(study.cfg, "rotation_averaging", 1) or 1)
     if pooled and study.target.kind != "logit":
         # the features recomputed here against those 02_extract stored: same cube, same network?
         from ..features.extract import feature_columns
@@ -599,9 +766,12 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
         new = np.concatenate(pooled).astype(np.float64)
         old = feats[feature_columns(feats)].to_numpy(np.float64)
         if old.shape == new.shape:
-            num = (new * old).sum(1)
-            den = np.linalg.norm(new, axis=1) * np.linalg.norm(old, axis=1)
-            samples["feature_match"] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+            if turns > 1:
+                samples["unrotated_match"] = _row_cosine(new, old)
+                new = rotation_averaged_features(study, inputs, crow).astype(np.float64)
+            samples["feature_match"] = _row_cosine(new, old)
+    if turns > 1 and study.target.kind != "logit":
+        explained.append(f"Grad-CAM explains the unrotated cube; 02_extract averaged the features over {turns} rotations")
     for j, layer in enumerate(study.layers):
         samples[f"empty_map_{layer}"] = peaks[:, j] <= 0
     samples["weights"] = weights_tag(study.weights)
@@ -609,8 +779,35 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     return AttentionResult(
         samples, list(study.layers), maps, inputs, bits, valid, study.target.kind, study.weights,
         study.cfg.attention_threshold, tuple(study.cubes.voxel_size_nm), dict(study.skipped_layers), seconds,
-        border_ring_width(S),
+        border_ring_width(S), explained,
     )
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (NaN where a row is zero)."""
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def rotation_averaged_features(study: Study, inputs: np.ndarray, cube_rows_: Sequence[int]) -> np.ndarray:
+    """Features of rendered ``inputs`` (n, S, S, S) averaged over rotations as 02_extract made them.
+
+    Forward passes only (``rotation_averaging`` per cube, about each synapse's cleft-normal axis
+    from rows ``cube_rows_`` of the cube table), float32: the reference the stored features are
+    checked against when Grad-CAM explains the unrotated cube.
+    """
+    from ..cubes.rendering import cleft_normal_axes
+    from ..features.extract import FeatureExtractor
+
+    c = study.cfg
+    extractor = FeatureExtractor(
+        study.model, method=c.extraction_method, layer_num=c.layer_num, pooling=c.pooling_method, batch_size=1,
+        precision="float32", input_range=study.input_range, num_threads=torch.get_num_threads(), progress=False,
+        rotations=int(c.rotation_averaging),
+    )
+    axes = cleft_normal_axes(study.cubes.table.iloc[list(cube_rows_)])
+    return extractor(np.ascontiguousarray(inputs, dtype=np.float32), rotation_axes=axes)
 
 
 # --------------------------------------------------------------------------------------

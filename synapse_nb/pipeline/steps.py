@@ -373,6 +373,22 @@ def _clusters_for_attention(run: Run, n_features: int) -> tuple[np.ndarray | Non
     return labels, emb
 
 
+def _reduce_settings(run: Run) -> dict[str, object]:
+    """How 03_reduce made the clustering space (its recorded feature set, PCA size, seed): the
+    cluster target must know whether the network's features alone were clustered. Runs whose
+    03_reduce recorded no feature set clustered the deep features."""
+    recorded = run.read(A.STEP_PARAMS, step="03_reduce") if run.has(A.STEP_PARAMS, step="03_reduce") else {}
+    fields = Config.model_fields
+    feature_set = str(recorded.get("feature_set") or "deep")
+    weight = recorded.get("descriptor_weight", fields["descriptor_weight"].default)
+    return {
+        "feature_set": feature_set,
+        "pca_components": int(recorded.get("pca_components", fields["pca_components"].default)),
+        "seed": int(recorded.get("seed", fields["seed"].default)),
+        "descriptor_weight": float(weight) if feature_set == "hybrid" else None,
+    }
+
+
 def _target(kind: str, fcfg: Config, model: VGG3D, info: ModelInfo, cfg: Config, space, labels) -> tuple[X.Target, int]:
     upto = N_FEATURE_MODULES - 1 if fcfg.extraction_method == "standard" else fcfg.layer_num
     if kind == "logit":
@@ -401,7 +417,7 @@ def load_study(run: Run, cfg: Config) -> X.Study:
                 f"attention_target 'cluster' needs the clusters of 04_cluster and the embeddings of 03_reduce "
                 f"({run.file(A.CLUSTERS)}); run them, or use attention_target 'norm'"
             )
-        space = X.cluster_space(features, emb, labels)
+        space = X.cluster_space(features, emb, labels, **_reduce_settings(run))
     model, info = build_model(fcfg.weights_path or None, seed=fcfg.seed)
     target, upto = _target(kind, fcfg, model, info, cfg, space, labels)
     layers, skipped = _explained_layers(cfg.attention_layers, upto, kind)
@@ -412,6 +428,9 @@ def load_study(run: Run, cfg: Config) -> X.Study:
     notes: list[str] = []
     if fcfg.precision != "float32":
         notes.append(f"02_extract ran in {fcfg.precision}; Grad-CAM runs in float32 (features agree to about 0.999 cosine).")
+    if kind != "logit" and fcfg.rotation_averaging > 1:
+        notes.append(X.rotation_note(fcfg.rotation_averaging))
+    notes += space.notes if space is not None else []
     return X.Study(fcfg, features, labels, points, space, cubes, model, info, resolve_input_range(fcfg, info), target,
                    layers, skipped, notes)
 
