@@ -70,8 +70,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis import reduce as R
-from ..analysis.feature_sets import FEATURE_SETS
 from ..analysis.clustering import representatives
+from ..analysis.feature_sets import FEATURE_SETS
 from ..core import labels as L
 from ..core.layers import (
     N_FEATURE_MODULES,

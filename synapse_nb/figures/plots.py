@@ -54,22 +54,26 @@ def synapse_overview(table: pd.DataFrame, class_column: str | None = None, n: in
     return head[cols]
 
 
-def _morph_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c.endswith("_vox") or c.endswith("_um3") or c.endswith("_um2")]
-
-
-def morphometrics(table: pd.DataFrame, group: str | None = None, unit: str = "_vox") -> "go.Figure":
-    """Box plots of every morphometric, grouped by bbox (or by ``group``, e.g. a class column)."""
+def morphometrics(table: pd.DataFrame, group: str | None = None, columns: Sequence[str] | None = None) -> "go.Figure":
+    """Box plots of the measured descriptors (default: those clustered, in their units), grouped
+    by bbox (or by ``group``, e.g. a class column). A structure the dataset does not annotate
+    has no values and no box."""
     import plotly.express as px
 
-    cols = [c for c in _morph_columns(table) if c.endswith(unit)]
+    from ..cubes.descriptors import DESCRIPTORS, descriptor_columns
+
+    cols = list(columns) if columns is not None else descriptor_columns(table, clustered_only=True)
+    cols = [c for c in cols if c in table.columns and table[c].notna().any()]
     if not cols:
-        raise ValueError(f"the synapse table has no morphometric columns ending in {unit!r}")
+        raise ValueError("the synapse table has no measured descriptor columns: rebuild the cubes (01_load) with this version")
     group = group if group in table.columns else L.BBOX_COLUMN
+    labels = {c: DESCRIPTORS[c].label if c in DESCRIPTORS else c for c in cols}
     long = table.melt(id_vars=[group, L.NAME_COLUMN], value_vars=cols, var_name="measure", value_name="value")
+    long["measure"] = long["measure"].map(labels)
     fig = px.box(
         long, x=group, y="value", color=group, facet_col="measure", facet_col_wrap=3, points="all",
-        hover_data=[L.NAME_COLUMN], height=260 * ((len(cols) + 2) // 3), title=f"Morphometrics per {group} (voxels)",
+        hover_data=[L.NAME_COLUMN], height=220 * ((len(cols) + 2) // 3), facet_row_spacing=0.25 / max(1, (len(cols) + 2) // 3),
+        title=f"Measured morphology per {group}",
     )
     fig.update_yaxes(matches=None, showticklabels=True)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
