@@ -341,7 +341,7 @@ def test_maps_inputs_and_masks_share_the_cube_of_the_same_synapse():
     assert result.samples["Var1"].tolist() == ["syn3", "syn1", "syn0"]
     assert result.samples["cube_row"].tolist() == [3, 1, 0]
     assert result.samples["group"].tolist() == ["cluster 0", "cluster 1", "cluster 1"]
-    want = cubes.rendered(RenderSettings(segmentation_type=5, alpha=1.0), indices=[3, 1, 0])[0:3]
+    want = cubes.rendered(RenderSettings(segmentation_type=5, alpha=1.0, intensity_normalization="mask"), indices=[3, 1, 0])[0:3]
     assert np.array_equal(result.inputs, want)
     assert np.array_equal(result.bits, cubes.bits[[3, 1, 0]])
     assert result.maps.shape == (3, 2, S, S, S)

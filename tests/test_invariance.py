@@ -54,11 +54,12 @@ def rotated(cubes: np.ndarray, axis: int, turns: int = 1) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- rendering
-def test_minmax_is_the_default_and_unchanged():
+def test_minmax_is_the_rendering_default_and_unchanged():
     raw = blobs(1)[0].round().astype(np.uint8)
     bits = box_bits()
     assert RenderSettings(1).intensity_normalization == "minmax"
-    assert RenderSettings.from_config(Config()).intensity_normalization == "minmax"
+    assert RenderSettings.from_config(Config(intensity_normalization="minmax")).intensity_normalization == "minmax"
+    assert RenderSettings.from_config(Config()).intensity_normalization == Config().intensity_normalization == "mask"
     # today's formula, written out: min-max in float32, then the gray blend outside the mask
     mn = np.float32(raw.min())
     x = (raw.astype(np.float32) - mn) / (np.float32(raw.max()) - mn)

@@ -318,7 +318,7 @@ def test_preview_shows_the_cube_the_network_sees(panel, tiny_params):
     pv.synapse.value = name
     ref = reference_cube(tiny_params, "bbox2", name)
     assert pv.rendered.shape == (32, 32, 32) and pv.depth.max == 31 and pv.depth.value == 16
-    np.testing.assert_array_equal(pv.rendered, ref.rendered(RenderSettings(10, alpha=1.0, gray_value=0.6))[0])
+    np.testing.assert_array_equal(pv.rendered, ref.rendered(RenderSettings(10, alpha=1.0, gray_value=0.6, intensity_normalization="mask"))[0])
     np.testing.assert_array_equal(pv.planes["z"], pv.rendered[16])
     np.testing.assert_array_equal(pv.planes["x"], pv.rendered[:, :, 16])
     assert pv.images["z"].value[:8] == b"\x89PNG\r\n\x1a\n"
@@ -329,7 +329,7 @@ def test_preview_shows_the_cube_the_network_sees(panel, tiny_params):
     z_png = pv.images["z"].value
     panel.form.widgets["segmentation_type"].value = 1
     panel.form.widgets["alpha"].value = 0.5
-    np.testing.assert_array_equal(pv.rendered, ref.rendered(RenderSettings(1, alpha=0.5, gray_value=0.6))[0])
+    np.testing.assert_array_equal(pv.rendered, ref.rendered(RenderSettings(1, alpha=0.5, gray_value=0.6, intensity_normalization="mask"))[0])
     assert pv.images["z"].value != z_png
     pv.depth.value = 5
     np.testing.assert_array_equal(pv.planes["y"], pv.rendered[:, 5])
@@ -599,7 +599,7 @@ def test_explorer_shows_clicked_and_selected_synapses(explorer_parts):
     assert str(frame.loc[row, "cluster"]) == trace.name
     S = cfg.cube_size
     assert ex.montage_array.shape == (S, 3 * S + 4) and ex.images.value[:4] == b"\x89PNG"
-    ref = cubes.rendered(RenderSettings(cfg.segmentation_type, alpha=cfg.alpha, gray_value=cfg.gray_value), indices=[int(np.flatnonzero(cubes.table["Var1"] == frame.loc[row, "Var1"])[0])])[0]
+    ref = cubes.rendered(RenderSettings.from_config(cfg), indices=[int(np.flatnonzero(cubes.table["Var1"] == frame.loc[row, "Var1"])[0])])[0]
     np.testing.assert_array_equal(ex.montage_array[:, :S], ref[S // 2])
     assert str(frame.loc[row, "Var1"]) in ex.table.value
     # a lasso over two traces: every trace reports its part of one gesture
@@ -657,7 +657,7 @@ def test_loading_a_file_updates_the_preview(panel, tmp_path):
     (tmp_path / "parameters" / "seg7.yaml").write_text(yaml.safe_dump({**panel.form.parameters(), "segmentation_type": 7, "alpha": 0.2}))
     assert panel.files.load("seg7.yaml")
     assert "type 7:" in panel.preview.title.value and "alpha 0.2" in panel.preview.title.value
-    np.testing.assert_array_equal(panel.preview.rendered, panel.preview.cubes.rendered(RenderSettings(7, alpha=0.2, gray_value=0.6))[0])
+    np.testing.assert_array_equal(panel.preview.rendered, panel.preview.cubes.rendered(RenderSettings(7, alpha=0.2, gray_value=0.6, intensity_normalization="mask"))[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class Config(BaseModel):
     second_minmax: bool = Field(False, description="min-max the blended cube again")
     input_range: Literal["auto", "0_1", "-1_1"] = Field("auto", description="network input range; auto follows the weights")
     intensity_normalization: Literal["minmax", "cube", "mask"] = Field(
-        "minmax", description="per-cube intensity scaling before the mask blend: minmax (the original tool's), cube (z-score over the cube) or mask (z-score over the kept mask), so brightness and contrast of a volume do not drive the features"
+        "mask", description="per-cube intensity scaling before the mask blend: minmax (the original tool's), cube (z-score over the cube) or mask (z-score over the kept mask), so brightness and contrast of a volume do not drive the features"
     )
     orient_cubes: bool = Field(
         False, description="rotate each cube once so the cleft normal lies along z with the presynaptic side at low z (resampled from a larger source window, so no corner is empty)"
@@ -92,7 +92,7 @@ class Config(BaseModel):
 
     # --- reduction and clustering ---
     feature_set: Literal["deep", "descriptors", "hybrid"] = Field(
-        "deep", description="what is clustered: deep (network features), descriptors (morphometric measures of the cubes) or hybrid (both, each block standardised and weighted)"
+        "hybrid", description="what is clustered: deep (network features), descriptors (morphometric measures of the cubes) or hybrid (both, each block standardised and weighted)"
     )
     descriptor_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: share of the total variance given to the descriptor block (the deep block gets the rest)")
     pca_components: int = Field(50, ge=0, description="PCA components before UMAP/t-SNE/clustering; 0 = no PCA")

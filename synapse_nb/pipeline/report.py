@@ -187,7 +187,8 @@ class RunSummary:
         parts = most_attended_text(self.attention)
         skipped = ", ".join(f"features.{k}" for k in m.get("skipped_layers", {}))
         text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + (parts or "none") + "."
-        return text + (f" Skipped (after the feature layer, no gradient): {skipped}." if skipped else "")
+        text += f" Skipped (after the feature layer, no gradient): {skipped}." if skipped else ""
+        return text + "".join(f"\n\n⚠ {note}" for note in m.get("explained", []))
 
     def links_markdown(self) -> str:
         """Links to the run's other pages, relative to where 07_report's own page is written."""

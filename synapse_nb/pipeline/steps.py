@@ -454,7 +454,7 @@ def save_attention(run: Run, result: X.AttentionResult, overlap: pd.DataFrame, s
             )
     meta = {"target": result.target, "weights": result.weights, "layers": result.layers, "threshold": result.threshold,
             "skipped_layers": {str(k): v for k, v in result.skipped_layers.items()}, "seconds": result.seconds,
-            "border_ring_voxels": result.ring}
+            "border_ring_voxels": result.ring, "explained": list(result.explained)}
     paths["meta"] = run.write(A.ATTENTION_META, meta)
     return paths
 
