@@ -77,7 +77,7 @@ def main() -> int:
     per_bbox = max(1, args.n // len(bboxes))
     poses = [("as imaged", 0.0, (1, 2)), ("90 deg about z", 90.0, (1, 2)), ("90 deg about x", 90.0, (0, 1)),
              ("35 deg about z", 35.0, (1, 2)), ("35 deg about x", 35.0, (0, 1))]
-    feats: dict[tuple, list[np.ndarray]] = {}
+    feats: dict[tuple, dict[str, np.ndarray]] = {}
     t0 = time.perf_counter()
     for b in bboxes:
         vols = [np.asarray(v[:, :, :]) for v in (b.raw, b.seg, b.mask)]
@@ -89,6 +89,8 @@ def main() -> int:
             for rec in chosen:
                 pts = [rotate_point_xyz([rec[k] for k in cols], R, vols[0].shape)
                        for cols in (L.CENTER_COLUMNS, L.SIDE1_COLUMNS, L.SIDE2_COLUMNS)]
+                if any(not 0 <= v < n for p in pts for v, n in zip(p, vols[0].shape[::-1])):
+                    continue  # rotated out of the (non-cubic) volume: left out of every pose below
                 for orient in (False, True):
                     cube = build_synapse(*rv, *pts, b.label_ids, CubeGeometry(size=cfg.cube_size, orient=orient))
                     x = render(cube.raw, cube.bits, settings)[None]
@@ -96,24 +98,27 @@ def main() -> int:
                     axis = 0 if orient else int(np.argmax(np.abs(n)))
                     for r, ex in extractors.items():
                         f = ex(x, rotation_axes=np.array([axis]) if r > 1 else None)[0]
-                        feats.setdefault((pose, orient, r), []).append(f)
+                        feats.setdefault((pose, orient, r), {})[f"{b.name}/{rec[L.NAME_COLUMN]}"] = f
         print(f"{b.name}: {len(chosen)} synapses x {len(poses)} poses done ({time.perf_counter() - t0:.0f} s)", flush=True)
     rows = []
     for orient in (False, True):
         for r in (1, 4):
-            base = np.array(feats[("as imaged", orient, r)])
+            names = sorted(set.intersection(*(set(v) for (_, o, rr), v in feats.items() if o == orient and rr == r)))
+            base = np.array([feats[("as imaged", orient, r)][k] for k in names])
             mu, sd = base.mean(0), base.std(0)
             sd[sd == 0] = 1
             spread = np.median(pdist((base - mu) / sd))
             for pose, _, _ in poses[1:]:
-                other = np.array(feats[(pose, orient, r)])
+                other = np.array([feats[(pose, orient, r)][k] for k in names])
                 cos = np.sum(base * other, 1) / (np.linalg.norm(base, axis=1) * np.linalg.norm(other, axis=1))
                 dist = np.linalg.norm((base - mu) / sd - (other - mu) / sd, axis=1)
                 rows.append({"cubes": "oriented" if orient else "plain", "rotation averaging": r, "pose": pose,
                              "median cosine": np.median(cos), "pose / spread": np.median(dist) / spread})
     pd.set_option("display.width", 160)
-    print(f"\n{len(base)} synapses, type {args.type}, layer {cfg.layer_num} avg, normalisation {args.norm}, random weights")
-    print(pd.DataFrame(rows).round(4).to_string(index=False))
+    print(f"\n{len(base)} synapses (those inside the volume in every pose), type {args.type}, layer {cfg.layer_num} avg, normalisation {args.norm}, random weights")
+    table = pd.DataFrame(rows)
+    table["median cosine"] = table["median cosine"].map(lambda c: f"{c:.7f}")
+    print(table.round(3).to_string(index=False))
     return 0
 
 
