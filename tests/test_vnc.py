@@ -440,7 +440,9 @@ def test_pipeline_runs_on_the_converted_stack(converted, tmp_path):
         assert (tmp_path / "reports" / run.name / f"{step}.html").is_file()
     assert "vnc_stack1" in (run.html_dir / "01_load.html").read_text()
 
-    with pytest.raises(runner.RunnerError, match=r"segmentation type 5 .*needs a vesicle-cloud label.*Types this dataset supports: 0, 3, 7, 8"):
+    # refused before any run directory exists
+    with pytest.raises(C.ConfigError, match=r"segmentation type 5 .*needs a vesicle-cloud label.*Types this dataset supports: 0, 3, 7, 8"):
         runner.run_pipeline(
             {**params, "segmentation_type": 5}, runs_root=tmp_path / "runs5", reports_root=None, only=["01_load"]
         )
+    assert not (tmp_path / "runs5").exists()
