@@ -76,9 +76,9 @@ def test_descriptors_drop_empty_and_constant_columns_and_impute_with_notes():
     fm = FS.assemble(df, feature_set="descriptors", descriptors=cols)
     assert list(fm.matrix.columns) == DESCRIPTORS
     notes = " | ".join(fm.notes)
-    assert "not annotated for any synapse (all NaN): mito_volume_um3" in notes
+    assert "without a value for any synapse (not annotated, or absent from every cube): mito_volume_um3" in notes
     assert "same value for every synapse: cleft_count" in notes
-    assert "cleft_flatness: 2 of 30 synapses not annotated (bbox2/syn_3, bbox2/syn_17)" in notes
+    assert "cleft_flatness: 2 of 30 synapses without a value: not annotated, or the structure is absent from the cube (bbox2/syn_3, bbox2/syn_17)" in notes
     med = df["cleft_flatness"].median()
     assert f"{med:.4g}" in notes
     # imputed rows sit at the median, every column is z-scored

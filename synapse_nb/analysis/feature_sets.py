@@ -120,7 +120,8 @@ def _descriptor_block(features: pd.DataFrame, columns: Sequence[str], names: lis
             med = float(np.median(x[~missing]))
             rows = np.flatnonzero(missing)
             notes.append(
-                f"{col}: {len(rows)} of {len(x)} synapses not annotated ({_listed([names[i] for i in rows])}); "
+                f"{col}: {len(rows)} of {len(x)} synapses without a value: not annotated, or the structure is absent "
+                f"from the cube ({_listed([names[i] for i in rows])}); "
                 f"set to the median of the others, {med:.4g}"
             )
             x[missing] = med
@@ -130,7 +131,7 @@ def _descriptor_block(features: pd.DataFrame, columns: Sequence[str], names: lis
             continue
         kept[col] = (x - x.mean()) / std
     if empty:
-        notes.insert(0, f"dropped descriptor(s) not annotated for any synapse (all NaN): {', '.join(empty)}")
+        notes.insert(0, f"dropped descriptor(s) without a value for any synapse (not annotated, or absent from every cube): {', '.join(empty)}")
     if constant:
         notes.insert(0, f"dropped descriptor(s) with the same value for every synapse: {', '.join(constant)}")
     return pd.DataFrame(kept, index=features.index), notes
