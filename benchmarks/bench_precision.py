@@ -6,7 +6,7 @@ Cosine to float32 says nothing here: with random weights the float32 features of
 prints
 * error / spread: median over synapses of |f_bf16 - f_fp32| divided by the median distance
   between the float32 features of two different synapses, on raw features and on the
-  standardised features the pipeline clusters (z-score per feature, as 03_reduce does);
+  standardised features the pipeline clusters (z-score per feature, as 04_reduce does);
 * cluster agreement: KMeans(k) with k = the number of demo classes, fitted on the PCA of the
   standardised bf16 features and, separately, of the float32 ones: ARI between the two
   labelings (1.00 = the same clusters), plus each one's ARI against the known classes.

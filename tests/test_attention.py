@@ -206,7 +206,7 @@ EXPLAINS_DEEP = "the maps explain what makes the network's features of a synapse
 
 
 def planted_descriptor_run(feature_set: str, n: int = 24, d: int = 12, seed: int = 1):
-    """Features with descriptor columns, clustered (PCA scores + labels) on ``feature_set`` as 03/04 do."""
+    """Features with descriptor columns, clustered (PCA scores + labels) on ``feature_set`` as 04/05 do."""
     from synapse_nb.analysis import feature_sets as FS
 
     rng = np.random.default_rng(seed)
@@ -228,7 +228,7 @@ def test_cluster_space_of_a_descriptor_or_hybrid_run_is_the_network_features_own
         A.cluster_space(df, emb, labels)
     space = A.cluster_space(df, emb, labels, feature_set=feature_set, pca_components=50, seed=42, descriptor_weight=0.5)
     assert space.feature_set == feature_set and space.residual < 1e-8
-    # the deep features alone: standardised, PCA with min(50, n - 1, d) components, 04's labels
+    # the deep features alone: standardised, PCA with min(50, n - 1, d) components, 05's labels
     Xs, _ = R.standardize(df)
     Z, _ = R.pca(Xs, 12, 42)
     z = space.project(torch.as_tensor(df[[c for c in df.columns if c.startswith("feat_")]].to_numpy())).numpy()
@@ -497,14 +497,14 @@ def test_select_rows_representatives_and_random():
         A.select_rows(study)
 
 
-def test_feature_config_uses_the_settings_of_02_extract(tmp_path: Path):
+def test_feature_config_uses_the_settings_of_03_extract(tmp_path: Path):
     run = Run(tmp_path)
     cfg = C.make_config({"attention_target": "norm", "segmentation_type": 10})
-    with pytest.raises(FileNotFoundError, match="run step 02_extract first"):
+    with pytest.raises(FileNotFoundError, match="run step 03_extract first"):
         _pipeline_steps.feature_config(run, cfg)
     recorded = C.make_config({"segmentation_type": 5, "alpha": 0.5, "extraction_method": "stage_specific", "layer_num": 20,
                               "weights_path": "/w/a.ckpt", "attention_target": "cluster"}).to_dict()
-    (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded))
+    (tmp_path / "params_03_extract.yaml").write_text(yaml.safe_dump(recorded))
     got = _pipeline_steps.feature_config(run, cfg)
     assert (got.segmentation_type, got.alpha, got.extraction_method, got.layer_num) == (5, 0.5, "stage_specific", 20)
     assert got.attention_target == "norm" and got.weights_path == "/w/a.ckpt"
@@ -545,21 +545,21 @@ def test_overlay_rgb_blends_by_attention():
 # --------------------------------------------------------------------------------------
 @pytest.mark.notebooks
 def test_attention_notebook_in_the_pipeline_run(pipeline_run):
-    """05_attention ran in the pipeline (conftest: attention_per_cluster 1, n_gifs 2, default layers)."""
+    """06_attention ran in the pipeline (conftest: attention_per_cluster 1, n_gifs 2, default layers)."""
     import nbformat
 
     result, _ = pipeline_run
     run = result.run
-    executed = run.notebooks_dir / "05_attention.ipynb"
+    executed = run.notebooks_dir / "06_attention.ipynb"
     samples = run.read(artifacts.ATTENTION_SAMPLES)
     clusters = run.read(artifacts.CLUSTERS)
     assert len(samples) == clusters.loc[clusters["cluster_label"] >= 0, "cluster_label"].nunique()
     assert (samples["target"] == "cluster").all() and samples["feature_match"].min() > 0.99
     assert (samples["weights"] == "RANDOM weights (seed 42)").all()
-    # the recorded parameters are those the maps were made with (02_extract's), not the defaults
-    params_02 = yaml.safe_load((run.path / "params_02_extract.yaml").read_text())
-    params_05 = yaml.safe_load((run.path / "params_05_attention.yaml").read_text())
-    same = [k for k in A.FEATURE_KEYS if k != "cube_size"]  # 02 does not set cube_size (01_load does)
+    # the recorded parameters are those the maps were made with (03_extract's), not the defaults
+    params_02 = yaml.safe_load((run.path / "params_03_extract.yaml").read_text())
+    params_05 = yaml.safe_load((run.path / "params_06_attention.yaml").read_text())
+    same = [k for k in A.FEATURE_KEYS if k != "cube_size"]  # 03 does not set cube_size (01_load does)
     assert params_05["cube_size"] == 32 and {k: params_05[k] for k in same} == {k: params_02[k] for k in same}
     summary = run.read(artifacts.ATTENTION_OVERLAP_SUMMARY)
     assert set(summary["layer"]) == {3, 20, 27} and set(summary["structure"]) == set(A.STRUCTURES)
@@ -570,7 +570,7 @@ def test_attention_notebook_in_the_pipeline_run(pipeline_run):
         assert npz["maps"].shape == (len(samples), 3, 32, 32, 32) and npz["layers"].tolist() == [3, 20, 27]
     nb = nbformat.read(str(executed), as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    html = (run.html_dir / "05_attention.html").read_text()
+    html = (run.html_dir / "06_attention.html").read_text()
     assert html.count("data:image/gif;base64,") == 2 and html.count("data:image/png;base64,") >= 3
     assert html.count("Plotly.newPlot") >= 2 and "RANDOM weights" in html
     assert not re.search(r"<script[^>]+src=[\"']https?://", html) and "import synapse_nb" not in html
@@ -580,20 +580,20 @@ def test_load_study_from_a_run_without_clusters(tmp_path: Path):
     run = Run(tmp_path)
     cubes = synthetic_cubeset()
     cubes.save(run.cubes_dir)
-    # 02_extract records the default cube_size 80 (01_load sets the size); the cubes are 16^3
+    # 03_extract records the default cube_size 80 (01_load sets the size); the cubes are 16^3
     recorded = C.make_config({"extraction_method": "stage_specific", "layer_num": 20, "pooling_method": "max"})
-    (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
+    (tmp_path / "params_03_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
     features = cubes.table[["bbox", "Var1"]].copy()
     for i in range(96):
         features[f"feat_{i:04d}"] = 1.0
     run.write(artifacts.FEATURES, features)
-    with pytest.raises(A.AttentionError, match=r"attention_target 'cluster' needs the clusters of 04_cluster"):
+    with pytest.raises(A.AttentionError, match=r"attention_target 'cluster' needs the clusters of 05_cluster"):
         _pipeline_steps.load_study(run, C.make_config({"attention_target": "cluster"}))
     with pytest.raises(A.AttentionError, match=r"none of attention_layers \[27\] can be explained"):
         _pipeline_steps.load_study(run, C.make_config({"attention_target": "norm", "attention_layers": [27]}))
     study = _pipeline_steps.load_study(run, C.make_config({"attention_target": "norm"}))
     assert study.layers == [3, 20] and list(study.skipped_layers) == [27] and study.target.upto == 20
-    # the resolved settings (what 05 records): 02_extract's, at the size of the stored cubes
+    # the resolved settings (what 06 records): 03_extract's, at the size of the stored cubes
     assert (study.cfg.cube_size, study.cfg.layer_num, study.cfg.pooling_method) == (S, 20, "max")
     text = study.describe()
     assert "RANDOM weights (seed 42)" in text and "max pooling of features.20" in text and "at 4^3" in text
@@ -603,13 +603,13 @@ def test_load_study_from_a_run_without_clusters(tmp_path: Path):
     result = A.explain(study, A.select_rows(study, n_samples=2), show_progress=False)
     assert result.maps.shape == (2, 2, S, S, S) and result.skipped_layers == study.skipped_layers
     assert "features.27 is skipped" in result.notes()
-    # features recomputed with the network of 02_extract: the stored constant ones do not match, and the notes say so
-    assert "recomputed features differ from 02_extract's" in result.notes()
+    # features recomputed with the network of 03_extract: the stored constant ones do not match, and the notes say so
+    assert "recomputed features differ from 03_extract's" in result.notes()
 
 
 @pytest.mark.parametrize(("feature_set", "turns"), [("hybrid", 2), ("descriptors", 1)])
 def test_load_study_of_a_descriptor_run_says_what_is_explained(tmp_path: Path, feature_set: str, turns: int):
-    """A run clustered on descriptors/hybrid (03_reduce's recorded feature_set) loads, the target lives in the
+    """A run clustered on descriptors/hybrid (04_reduce's recorded feature_set) loads, the target lives in the
     network's features, and the notes say so; with rotation averaging the stored features are checked against
     rotation-averaged ones recomputed here, not against the unrotated cube Grad-CAM explains."""
     from synapse_nb.analysis import feature_sets as FS
@@ -619,14 +619,14 @@ def test_load_study_of_a_descriptor_run_says_what_is_explained(tmp_path: Path, f
     cubes.save(run.cubes_dir)
     recorded = C.make_config({"cube_size": S, "extraction_method": "stage_specific", "layer_num": 20,
                               "pooling_method": "max", "rotation_averaging": turns})
-    (tmp_path / "params_02_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
+    (tmp_path / "params_03_extract.yaml").write_text(yaml.safe_dump(recorded.to_dict()))
     model, info = build_model(None, seed=recorded.seed)
-    features = _pipeline_steps.compute_features(cubes, model, info, recorded, progress=False).features  # 02_extract's own
+    features = _pipeline_steps.compute_features(cubes, model, info, recorded, progress=False).features  # 03_extract's own
     features["vesicle_volume_um3"] = [0.05, 0.06, 0.15, 0.16]
     features["cleft_area_um2"] = [0.03, 0.02, 0.08, 0.07]
     run.write(artifacts.FEATURES, features)
     reduce_cfg = C.make_config({"feature_set": feature_set, "descriptor_weight": 0.5})
-    (tmp_path / "params_03_reduce.yaml").write_text(yaml.safe_dump(reduce_cfg.to_dict()))
+    (tmp_path / "params_04_reduce.yaml").write_text(yaml.safe_dump(reduce_cfg.to_dict()))
     Z, _ = R.pca(FS.assemble(features, feature_set=feature_set, descriptor_weight=0.5).values, 50)
     run.write(artifacts.EMBEDDINGS, pd.DataFrame(Z.astype(np.float32), columns=[f"pca_{i}" for i in range(1, Z.shape[1] + 1)]))
     run.write(artifacts.CLUSTERS, features[["bbox", "Var1"]].assign(cluster=["0", "0", "1", "1"], cluster_label=[0, 0, 1, 1]))
@@ -641,7 +641,7 @@ def test_load_study_of_a_descriptor_run_says_what_is_explained(tmp_path: Path, f
     assert (result.samples["clustered_on"] == feature_set).all()
     notes = result.notes()
     assert f"clusters were made on the {feature_set} feature set" in notes
-    # same cubes, same network: the stored features match what is recomputed (rotation-averaged when 02 averaged)
+    # same cubes, same network: the stored features match what is recomputed (rotation-averaged when 03 averaged)
     assert result.samples["feature_match"].min() > 0.9999 and "recomputed features differ" not in notes
     if turns > 1:
         unrotated = result.samples["unrotated_match"]

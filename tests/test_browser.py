@@ -155,7 +155,7 @@ def browser_reports(request) -> dict[str, tuple[int, PageReport]]:
                 report = open_page(context, step.html, screenshots / f"{step.notebook}.png")
                 report.network = sorted(set(blocked))
                 out[step.notebook] = (notebook_figures(step.executed), report)
-            # the presynapse summary (06) is written by the package, not exported from a notebook:
+            # the presynapse summary (07) is written by the package, not exported from a notebook:
             # every figure its source creates must be drawn
             summary = result.run.html_dir / SUMMARY_PAGE
             blocked.clear()

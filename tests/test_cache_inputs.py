@@ -168,7 +168,7 @@ def test_entries_of_an_older_layout_are_rebuilt(tmp_path):
 
 
 def test_features_key_follows_the_run_cubes_not_the_02_parameters(tmp_path, monkeypatch):
-    """02_extract's parameters hold no cube settings: the run's cubes must decide the features key."""
+    """03_extract's parameters hold no cube settings: the run's cubes must decide the features key."""
     cache_dir = tmp_path / "cache"
     runs = []
     for size in (32, 48):  # two cube stores, e.g. two datasets

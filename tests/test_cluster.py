@@ -147,7 +147,7 @@ def test_finite_matrix_names_bad_rows_and_the_fix():
     X[2, 1] = np.nan
     with pytest.raises(ValueError, match=r"^NaN/inf in rows \[2\] of the matrix: standardise with reduce.standardize first$"):
         finite_matrix(X)
-    with pytest.raises(ValueError, match=r"^NaN/inf in rows \[2\] of the coordinates: rerun 03_reduce$"):
+    with pytest.raises(ValueError, match=r"^NaN/inf in rows \[2\] of the coordinates: rerun 04_reduce$"):
         as_points(X)
     with pytest.raises(ValueError, match=r"expected a 2-D matrix"):
         finite_matrix(np.zeros(3))

@@ -460,7 +460,7 @@ def test_descriptions_are_told_apart_from_run_parameters():
 
 
 def test_cubes_remember_what_their_dataset_cannot_serve(data_dir, tmp_path):
-    """02_extract run on its own with a type 01_load would refuse: refused from the cube store."""
+    """03_extract run on its own with a type 01_load would refuse: refused from the cube store."""
 
     path = write_desc(data_dir, description(bbox={"labels": {"mito": 1, "vesicle": 0, "cleft": 2, "cleft2": 2}}), "novesicle2.yaml")
     bboxes = D.open_dataset_description(path)

@@ -59,8 +59,8 @@ def test_unknown_yaml_key_fails_before_running(tiny_params):
 def test_plan_splits_parameters_per_notebook(tiny_params):
     cfg, per_step = runner.plan_parameters({**tiny_params, "n_preview": 2, "pooling_method": "max"}, runner.PIPELINE)
     assert cfg.pooling_method == "max"
-    assert per_step["01_load"]["n_preview"] == 2 and "n_preview" not in per_step["02_extract"]
-    assert per_step["02_extract"]["pooling_method"] == "max" and "pooling_method" not in per_step["01_load"]
+    assert per_step["01_load"]["n_preview"] == 2 and "n_preview" not in per_step["03_extract"]
+    assert per_step["03_extract"]["pooling_method"] == "max" and "pooling_method" not in per_step["01_load"]
     assert per_step["01_load"]["cube_size"] == 32
 
 
@@ -68,16 +68,16 @@ def test_display_keys_of_steps_not_run_are_known():
     # ci.yaml sets n_preview, a display key of 01_load only: running later steps must accept it
     values = C.read_yaml(PROJECT_ROOT / "parameters" / "ci.yaml")
     assert "n_preview" in values
-    for steps in (runner.select_steps(start="02_extract"), runner.select_steps(only=["03_reduce"])):
+    for steps in (runner.select_steps(start="03_extract"), runner.select_steps(only=["04_reduce"])):
         _, per_step = runner.plan_parameters(values, steps)
         assert list(per_step) == steps
         assert all("n_preview" not in params for params in per_step.values())
     with pytest.raises(C.ConfigError, match=r"unknown parameter 'n_previews'"):
-        runner.plan_parameters({**values, "n_previews": 1}, runner.select_steps(only=["03_reduce"]))
+        runner.plan_parameters({**values, "n_previews": 1}, runner.select_steps(only=["04_reduce"]))
 
 
 def test_select_steps():
-    assert runner.select_steps(start="03_reduce") == ["03_reduce", "04_cluster", "05_attention", "06_presynapse", "07_report"]
+    assert runner.select_steps(start="04_reduce") == ["04_reduce", "05_cluster", "06_attention", "07_presynapse", "08_report"]
     assert runner.select_steps(only=["01_load"]) == ["01_load"]
     with pytest.raises(runner.RunnerError, match="unknown step"):
         runner.select_steps(only=["09_nope"])
@@ -104,9 +104,9 @@ def test_pipeline_run_writes_everything(pipeline_run):
     run = result.run
     assert result.ok and [s.notebook for s in result.steps] == list(runner.PIPELINE)
     assert re.fullmatch(r"run_\d{8}_\d{6}(_\d+)?", run.name)
-    for name in ("params.yaml", "versions.json", "run.log", "params_01_load.yaml", "params_02_extract.yaml"):
+    for name in ("params.yaml", "versions.json", "run.log", "params_01_load.yaml", "params_03_extract.yaml"):
         assert (run.path / name).is_file(), name
-    assert "step 02_extract ok" in run.log_path.read_text()
+    assert "step 03_extract ok" in run.log_path.read_text()
     features = pd.read_parquet(run.tables_dir / "features.parquet")
     feat_cols = [c for c in features.columns if c.startswith("feat_")]
     assert len(feat_cols) == 192  # standard trunk, avg pooling
@@ -147,10 +147,10 @@ def test_html_reports_have_no_code_and_load_nothing_remote(pipeline_run):
     assert "data:image/gif;base64," in cluster_html, "cluster GIFs embedded inline"
     assert cluster_html.count("Plotly.newPlot") >= 6
     report_html = result.steps[-1].html.read_text()
-    assert result.steps[-1].notebook == "07_report"
+    assert result.steps[-1].notebook == "08_report"
     assert "RANDOM weights" in report_html and "ARI" in report_html
     assert 'href="01_load.html"' in report_html
-    assert 'href="05_attention.html"' in report_html and 'href="presynapse_summary.html"' in report_html
+    assert 'href="06_attention.html"' in report_html and 'href="presynapse_summary.html"' in report_html
     assert "Grad-CAM target <strong>cluster</strong>" in report_html
     assert "presynaptic neurites</strong> make more than one synapse" in report_html
     extract_html = result.steps[1].html.read_text()

@@ -26,7 +26,7 @@ def _description(tmp_path: Path) -> Path:
 
 def test_resolved_parameters_record_the_dataset_not_the_demo(tmp_path):
     desc = _description(tmp_path)
-    cfg, per_step = runner.plan_parameters({"dataset": str(desc), "segmentation_type": 3}, ["01_load", "02_extract"])
+    cfg, per_step = runner.plan_parameters({"dataset": str(desc), "segmentation_type": 3}, ["01_load", "03_extract"])
     assert cfg.voxel_size_nm == [10.0, 10.0, 10.0]
     assert cfg.raw_dir == cfg.seg_dir == cfg.mask_dir == cfg.table_dir == ""
     assert cfg.label_table == {"block1": {"mito": 0, "vesicle": 0, "cleft": 3, "cleft2": 3}}
@@ -85,11 +85,11 @@ def test_artifacts_are_declared_once_and_resolve_inside_the_run(tmp_path):
     assert len(paths) == len(set(paths))
     assert {a.step for a in A.ALL} <= set(A.STEPS) | {A.RUNNER, "{step}"}
     run = Run(tmp_path)
-    assert run.file(A.STEP_PARAMS, step="02_extract") == tmp_path / "params_02_extract.yaml"
+    assert run.file(A.STEP_PARAMS, step="03_extract") == tmp_path / "params_03_extract.yaml"
     for bad in ("../x.csv", "a/b.csv", "", ".."):
         with pytest.raises(ValueError, match="bare file name"):
             run.file(A.SEED_FEATURES_CSV, name=bad)
-    with pytest.raises(FileNotFoundError, match="run step 03_reduce first"):
+    with pytest.raises(FileNotFoundError, match="run step 04_reduce first"):
         run.read(A.EMBEDDINGS)
 
 

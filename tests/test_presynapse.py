@@ -290,7 +290,7 @@ def test_analyze_names_repeated_synapses_and_missing_columns_of_either_table():
         P.analyze(feats, emb, clusters, pd.concat([cube, cube.iloc[[0]]], ignore_index=True))
     with pytest.raises(ValueError, match=r"the synapse table of 01_load lacks column\(s\) \['Var1'\]"):
         P.analyze(feats, emb, clusters, cube.drop(columns="Var1"))
-    with pytest.raises(ValueError, match=r"the features table names synapses more than once: bbox2/t3; rerun 02_extract"):
+    with pytest.raises(ValueError, match=r"the features table names synapses more than once: bbox2/t3; rerun 03_extract"):
         twice = pd.concat([feats, feats.iloc[[7]]], ignore_index=True)
         P.analyze(twice, pd.concat([emb, emb.iloc[[7]]], ignore_index=True), None, cube)
 
@@ -477,11 +477,11 @@ def test_known_polarity_keeps_the_presynaptic_grouping():
 
 
 # --------------------------------------------------------------------------------------
-# notebook 06 in the pipeline's run
+# notebook 07 in the pipeline's run
 # --------------------------------------------------------------------------------------
 @pytest.mark.notebooks
 def test_notebook_06_in_the_pipeline_run(pipeline_run):
-    """06_presynapse ran in the pipeline (conftest: n_permutations 200)."""
+    """07_presynapse ran in the pipeline (conftest: n_permutations 200)."""
     result, _ = pipeline_run
     run = result.run
     groups = pd.read_csv(run.tables_dir / "presynapse_groups.csv")
@@ -496,5 +496,5 @@ def test_notebook_06_in_the_pipeline_run(pipeline_run):
     page = (run.html_dir / "presynapse_summary.html").read_text()
     assert len(re.findall(r'<section id="group-\d+" class="group">', page)) == len(groups)
     assert page.count('<img class="montage" src="data:image/png;base64,') == len(groups)
-    text = (run.html_dir / "06_presynapse.html").read_text()
+    text = (run.html_dir / "07_presynapse.html").read_text()
     assert "p = " in text and len(NEWPLOT.findall(text)) == 4 and 'src="data:image/png;base64,' in text

@@ -1,4 +1,4 @@
-"""The run summary of 07_report: what it says about attention and shared axons."""
+"""The run summary of 08_report: what it says about attention and shared axons."""
 from __future__ import annotations
 
 import json
@@ -17,8 +17,8 @@ def _run(tmp_path: Path) -> Path:
 
 def test_summary_without_attention_or_presynapse_says_so(tmp_path):
     s = report.run_summary(_run(tmp_path))
-    assert s.presynapse_markdown() == "06_presynapse did not run in this run."
-    assert s.attention_markdown() == "05_attention did not run in this run."
+    assert s.presynapse_markdown() == "07_presynapse did not run in this run."
+    assert s.attention_markdown() == "06_attention did not run in this run."
 
 
 def test_presynapse_sentence_reports_the_test(tmp_path):
@@ -52,8 +52,8 @@ def test_attention_sentence_names_the_most_attended_structure_per_layer(tmp_path
 
 
 def test_presynapse_sentence_agrees_with_06_and_survives_undefined_numbers(tmp_path):
-    """The verdict is 06_presynapse's (p and observed/null effect), and a JSON written by
-    06 for one group with no other neurite to compare with (ratio None) still reads."""
+    """The verdict is 07_presynapse's (p and observed/null effect), and a JSON written by
+    07 for one group with no other neurite to compare with (ratio None) still reads."""
     import numpy as np
 
     from synapse_nb.connectivity import groups as P

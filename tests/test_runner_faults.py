@@ -101,7 +101,7 @@ def assert_one_line_error(caplog, capsys, *needles: str) -> str:
     return errors[0]
 
 
-def execution_error(step: str = "05_attention"):
+def execution_error(step: str = "06_attention"):
     from papermill.exceptions import PapermillExecutionError
 
     return PapermillExecutionError(3, 3, "snb.pipeline.load_study(run)", "RunError", "cache folder moved", [])
@@ -146,53 +146,53 @@ def test_check_run_dir_refuses_the_runs_and_reports_roots_and_their_parents(proj
 def test_failed_rerun_keeps_the_good_report_and_merges_status(project, fake):
     result = runner.run_pipeline(PLAIN, run_dir="runs/R")
     run = result.run.path
-    page, published = run / "html" / "05_attention.html", project / "reports" / "R" / "05_attention.html"
-    good_page, good_nb = page.read_text(), (run / "notebooks" / "05_attention.ipynb").read_text()
-    assert "05_attention attempt 1" in good_page and published.read_text() == good_page
+    page, published = run / "html" / "06_attention.html", project / "reports" / "R" / "06_attention.html"
+    good_page, good_nb = page.read_text(), (run / "notebooks" / "06_attention.ipynb").read_text()
+    assert "06_attention attempt 1" in good_page and published.read_text() == good_page
     before = runner.read_status(run)
 
-    fake.faults["05_attention"] = execution_error()
-    with pytest.raises(runner.RunnerError, match=r"notebook 05_attention failed \(RunError: cache folder moved\)"):
-        runner.run_pipeline(PLAIN, run_dir="runs/R", only=["05_attention"])
+    fake.faults["06_attention"] = execution_error()
+    with pytest.raises(runner.RunnerError, match=r"notebook 06_attention failed \(RunError: cache folder moved\)"):
+        runner.run_pipeline(PLAIN, run_dir="runs/R", only=["06_attention"])
     assert page.read_text() == good_page and published.read_text() == good_page
-    assert (run / "notebooks" / "05_attention.ipynb").read_text() == good_nb
-    failed_page = run / "html" / "05_attention.failed.html"
-    assert "05_attention attempt 2" in failed_page.read_text()
-    assert (project / "reports" / "R" / "05_attention.failed.html").read_text() == failed_page.read_text()
-    assert "attempt 2" in (run / "notebooks" / "05_attention.failed.ipynb").read_text()
+    assert (run / "notebooks" / "06_attention.ipynb").read_text() == good_nb
+    failed_page = run / "html" / "06_attention.failed.html"
+    assert "06_attention attempt 2" in failed_page.read_text()
+    assert (project / "reports" / "R" / "06_attention.failed.html").read_text() == failed_page.read_text()
+    assert "attempt 2" in (run / "notebooks" / "06_attention.failed.ipynb").read_text()
     status = runner.read_status(run)
     assert status["status"] == "failed" and "cache folder moved" in status["error"]
     assert list(status["step_status"]) == list(runner.PIPELINE)
     for step in runner.PIPELINE:
-        if step != "05_attention":
+        if step != "06_attention":
             assert status["step_status"][step] == before["step_status"][step]
-    assert status["step_status"]["05_attention"]["status"] == "failed"
-    assert status["step_status"]["05_attention"]["html"] == "html/05_attention.failed.html"
+    assert status["step_status"]["06_attention"]["status"] == "failed"
+    assert status["step_status"]["06_attention"]["html"] == "html/06_attention.failed.html"
     assert "kept the earlier report" in (run / "run.log").read_text()
     assert not list(run.rglob("*.previous.*")) and not list(run.rglob(".*tmp*"))
 
     # once the step works again its new report replaces the old one and the failure page goes
     fake.faults.clear()
-    runner.run_pipeline(PLAIN, run_dir="runs/R", only=["05_attention"])
-    assert "05_attention attempt 3" in page.read_text() and published.read_text() == page.read_text()
-    assert not failed_page.exists() and not (project / "reports" / "R" / "05_attention.failed.html").exists()
-    assert not (run / "notebooks" / "05_attention.failed.ipynb").exists()
+    runner.run_pipeline(PLAIN, run_dir="runs/R", only=["06_attention"])
+    assert "06_attention attempt 3" in page.read_text() and published.read_text() == page.read_text()
+    assert not failed_page.exists() and not (project / "reports" / "R" / "06_attention.failed.html").exists()
+    assert not (run / "notebooks" / "06_attention.failed.ipynb").exists()
     assert runner.read_status(run)["status"] == "ok"
 
 
 def test_first_failure_of_a_step_writes_its_page_in_the_usual_place(project, fake):
-    fake.faults["02_extract"] = execution_error()
-    with pytest.raises(runner.RunnerError, match="02_extract failed"):
-        runner.run_pipeline(CI, run_dir="runs/R", only=["01_load", "02_extract"])
+    fake.faults["03_extract"] = execution_error()
+    with pytest.raises(runner.RunnerError, match="03_extract failed"):
+        runner.run_pipeline(CI, run_dir="runs/R", only=["01_load", "03_extract"])
     run = project / "runs" / "R"
-    assert "02_extract attempt 1" in (run / "html" / "02_extract.html").read_text()
-    assert not (run / "html" / "02_extract.failed.html").exists()
+    assert "03_extract attempt 1" in (run / "html" / "03_extract.html").read_text()
+    assert not (run / "html" / "03_extract.failed.html").exists()
 
 
 # ----------------------------------------------------------------------------- parameters of other steps
 def test_display_key_of_a_step_not_run_is_accepted(project, fake):
-    result = runner.run_pipeline(CI, run_dir="runs/R", start="06_presynapse")
-    assert result.ok and [s for s, _ in fake.calls] == ["06_presynapse", "07_report"]
+    result = runner.run_pipeline(CI, run_dir="runs/R", start="07_presynapse")
+    assert result.ok and [s for s, _ in fake.calls] == ["07_presynapse", "08_report"]
     assert all("n_preview" not in params for _, params in fake.calls)
 
 
@@ -200,16 +200,16 @@ def test_display_key_of_a_step_not_run_is_accepted(project, fake):
 def test_dead_kernel_is_a_failed_step_with_a_report(project, fake, caplog, capsys):
     from nbclient.exceptions import DeadKernelError
 
-    fake.faults["02_extract"] = DeadKernelError("Kernel died")
-    code = main(["run", CI, "--run-dir", "runs/R", "--only", "01_load", "02_extract"])
+    fake.faults["03_extract"] = DeadKernelError("Kernel died")
+    code = main(["run", CI, "--run-dir", "runs/R", "--only", "01_load", "03_extract"])
     assert code == 2
-    assert_one_line_error(caplog, capsys, "the Jupyter kernel died while running 02_extract (Kernel died")
+    assert_one_line_error(caplog, capsys, "the Jupyter kernel died while running 03_extract (Kernel died")
     run = project / "runs" / "R"
     status = runner.read_status(run)
-    assert status["status"] == "failed" and "kernel died while running 02_extract" in status["error"]
-    assert status["step_status"]["02_extract"]["status"] == "failed"
+    assert status["status"] == "failed" and "kernel died while running 03_extract" in status["error"]
+    assert status["step_status"]["03_extract"]["status"] == "failed"
     assert status["step_status"]["01_load"]["status"] == "ok"
-    assert "02_extract attempt 1" in (run / "html" / "02_extract.html").read_text()
+    assert "03_extract attempt 1" in (run / "html" / "03_extract.html").read_text()
 
 
 # ----------------------------------------------------------------------------- disk and permissions
@@ -255,11 +255,11 @@ def test_full_disk_while_saving_the_executed_notebook(project, fake, caplog, cap
 def test_status_never_stays_running_after_the_runner_raises(project, fake, monkeypatch):
     fake.faults["01_load"] = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt):
-        runner.run_pipeline(CI, run_dir="runs/R", only=["01_load", "02_extract"])
+        runner.run_pipeline(CI, run_dir="runs/R", only=["01_load", "03_extract"])
     status = json.loads((project / "runs" / "R" / "status.json").read_text())
     assert status["status"] == "interrupted" and status["finished"]
     assert status["step_status"]["01_load"]["status"] == "interrupted"
-    assert status["step_status"]["02_extract"]["status"] == "not run"
+    assert status["step_status"]["03_extract"]["status"] == "not run"
 
     def broken_publish(run, root):
         raise RuntimeError("publishing broke")
@@ -280,10 +280,10 @@ def test_running_status_of_a_dead_runner_reads_interrupted_and_the_run_resumes(p
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     data.update(status="running", pid=gone.pid, finished=None)
-    data["step_status"]["02_extract"] = {"status": "running", "started": data["started"]}
+    data["step_status"]["03_extract"] = {"status": "running", "started": data["started"]}
     (run / "status.json").write_text(json.dumps(data))
     state = runner.read_status(run)
-    assert state["status"] == "interrupted" and state["step_status"]["02_extract"]["status"] == "interrupted"
+    assert state["status"] == "interrupted" and state["step_status"]["03_extract"]["status"] == "interrupted"
     # the same pid, but a process started at another time: not our runner
     data.update(pid=os.getpid(), pid_started=1.0)
     (run / "status.json").write_text(json.dumps(data))
@@ -292,7 +292,7 @@ def test_running_status_of_a_dead_runner_reads_interrupted_and_the_run_resumes(p
     live = runner.RunStatus(project / "runs" / "live", ["01_load"])
     assert runner.read_status(live.run_path)["status"] == "running"
     # resume from the interrupted step: earlier records kept, the step runs again
-    result = runner.run_pipeline(CI, run_dir=run, start="02_extract")
+    result = runner.run_pipeline(CI, run_dir=run, start="03_extract")
     assert result.ok
     status = runner.read_status(run)
     assert status["status"] == "ok" and all(status["step_status"][s]["status"] == "ok" for s in runner.PIPELINE)
@@ -406,4 +406,4 @@ def test_a_type_the_dataset_cannot_serve_is_refused_before_any_run_directory(pro
     assert "Traceback" not in message
     assert fake.calls == [] and not (project / "runs").exists() and not (project / "reports").exists()
     # steps that read neither key are not held back by it
-    assert runner.run_pipeline(no_vesicle_params(tiny_params, **extra), run_dir="runs/later", only=["03_reduce"]).ok
+    assert runner.run_pipeline(no_vesicle_params(tiny_params, **extra), run_dir="runs/later", only=["04_reduce"]).ok

@@ -56,17 +56,17 @@ def test_cache_keys_separate_what_matters():
 
 @pytest.mark.notebooks
 def test_sweep_isolates_failures_reuses_work_and_resumes(tiny_params, tmp_path):
-    # n_clusters 50 > synapses: that combination fails in 04_cluster; the other must finish
+    # n_clusters 50 > synapses: that combination fails in 05_cluster; the other must finish
     spec = write_spec(tmp_path / "sweep.yaml", {**tiny_params, "n_preview": 1}, {"n_clusters": [2, 50]})
     sweep_dir = tmp_path / "sweep"
     n2, n50 = (c.name for c in sweep.expand(sweep.read_spec(spec)))
-    steps = ["01_load", "02_extract", "03_reduce", "04_cluster"]  # what the sweep table reads; keeps the test short
+    steps = ["01_load", "03_extract", "04_reduce", "05_cluster"]  # what the sweep table reads; keeps the test short
     summary = sweep.run_sweep(spec, sweep_dir=sweep_dir, reports_root=tmp_path / "reports", only=steps)
     assert list(summary["status"]) == ["ok", "failed"]
     assert "k=50" in summary.loc[1, "error"] or "50" in summary.loc[1, "error"]
     assert summary.loc[0, "k"] == 2 and -1 <= summary.loc[0, "ari"] <= 1
     log = (sweep_dir / "sweep.log").read_text()
-    assert f"combination {n50} failed" in log and "step 04_cluster ok" in log
+    assert f"combination {n50} failed" in log and "step 05_cluster ok" in log
     saved = pd.read_csv(sweep_dir / "summary.csv")
     assert list(saved["combination"]) == [n2, n50]
     # the second combination reused the cubes and features of the first (cache record, not timing)
@@ -75,14 +75,14 @@ def test_sweep_isolates_failures_reuses_work_and_resumes(tiny_params, tmp_path):
     assert second["features"]["hit"] is True and second["features"]["key"] == first["features"]["key"]
     # index page: offline, one section, links to every exported page of the finished run
     index = (sweep_dir / "index.html").read_text()
-    assert "<script" not in index and f"{n2}/html/04_cluster.html" in index
+    assert "<script" not in index and f"{n2}/html/05_cluster.html" in index
     for link in re.findall(r'href="([^"]+)"', index):
         assert (sweep_dir / link).is_file(), link
     assert (tmp_path / "reports" / "sweep" / "index.html").is_file()
     # resume: the finished combination is kept, the failed one runs again; exit code 1
-    before = (sweep_dir / n2 / "notebooks" / "04_cluster.ipynb").stat().st_mtime_ns
+    before = (sweep_dir / n2 / "notebooks" / "05_cluster.ipynb").stat().st_mtime_ns
     assert main(["sweep", str(spec), "--sweep-dir", str(sweep_dir), "--reports-dir", str(tmp_path / "reports"), "--only", *steps]) == 1
-    assert (sweep_dir / n2 / "notebooks" / "04_cluster.ipynb").stat().st_mtime_ns == before
+    assert (sweep_dir / n2 / "notebooks" / "05_cluster.ipynb").stat().st_mtime_ns == before
     status = json.loads((sweep_dir / n50 / "status.json").read_text())
     assert status["status"] == "failed"
 

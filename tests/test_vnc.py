@@ -419,7 +419,7 @@ def test_pipeline_runs_on_the_converted_stack(converted, tmp_path):
     params = C.read_yaml(Path(__file__).resolve().parents[1] / "parameters" / "vnc.yaml")
     params.update({"dataset": str(converted), "cache_dir": str(tmp_path / "cache"), "cube_size": 32, "n_bootstrap": 5})
     assert params["segmentation_type"] == 7
-    steps = ["01_load", "02_extract", "03_reduce", "04_cluster"]
+    steps = ["01_load", "03_extract", "04_reduce", "05_cluster"]
     result = runner.run_pipeline(params, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", only=steps)
     assert [s.status for s in result.steps] == ["ok"] * 4
     run = result.run

@@ -391,9 +391,9 @@ def test_reports_list_reads_status_and_links(tmp_path, monkeypatch):
     for var in ("VOILA_BASE_URL", "JPY_SESSION_NAME"):
         monkeypatch.delenv(var, raising=False)
     runs = tmp_path / "runs"
-    ok = fake_run(runs, "run_20250101_000000", {"status": "ok", "steps": ["01_load", "02_extract"], "started": "2025-01-01T00:00:00",
-                                                "step_status": {"01_load": {"status": "ok"}, "02_extract": {"status": "ok"}}},
-                  pages=("02_extract", "01_load"))
+    ok = fake_run(runs, "run_20250101_000000", {"status": "ok", "steps": ["01_load", "03_extract"], "started": "2025-01-01T00:00:00",
+                                                "step_status": {"01_load": {"status": "ok"}, "03_extract": {"status": "ok"}}},
+                  pages=("03_extract", "01_load"))
     fake_run(runs, "run_20250102_000000", {"status": "running", "pid": 2**22 + 12345, "steps": ["01_load"],
                                            "step_status": {"01_load": {"status": "running"}}}, pages=())
     fake_run(runs, "run_20250103_000000", None, pages=())
@@ -403,7 +403,7 @@ def test_reports_list_reads_status_and_links(tmp_path, monkeypatch):
     entries = {e.name: e for e in list_runs(runs)}
     assert list(entries) == ["sweep_20250104_000000", "run_20250103_000000", "run_20250102_000000", "run_20250101_000000"]
     assert entries["run_20250101_000000"].status == "ok"
-    assert [p.name for p in entries["run_20250101_000000"].pages] == ["01_load.html", "02_extract.html"]  # pipeline order
+    assert [p.name for p in entries["run_20250101_000000"].pages] == ["01_load.html", "03_extract.html"]  # pipeline order
     assert entries["run_20250102_000000"].status == "interrupted"  # says running, but its process is gone
     assert entries["run_20250103_000000"].status == "no status file"
     assert entries["sweep_20250104_000000"].kind == "sweep" and entries["sweep_20250104_000000"].steps == {"alpha0_5": "stopped"}
@@ -495,7 +495,7 @@ def test_run_from_the_panel_completes(tiny_params, tmp_path):
         assert (run / "html" / f"{s}.html").is_file() and (tmp_path / "reports" / run.name / f"{s}.html").is_file()
         row = panel.runs._rows[s]
         assert row.state == "ok" and row.bar.value == row.bar.max > 1 and row.bar.bar_style == "success"
-    assert "step 07_report ok" in log and "step 07_report ok" in panel.runs.log.value
+    assert "step 08_report ok" in log and "step 08_report ok" in panel.runs.log.value
     assert yaml.safe_load((run / "params.yaml").read_text())["cube_size"] == 32
     assert "run ok" in panel.runs.message.value and not panel.runs.run_button.disabled and panel.runs.stop_button.disabled
     entry = next(e for e in panel.reports.entries if e.name == run.name)  # refreshed when the run ended
@@ -510,9 +510,9 @@ def test_stop_ends_the_run_and_keeps_finished_steps(tiny_params, tmp_path):
                                  params_dir=tmp_path)
     run = panel.runs.start_run()
     step_state = lambda s: runner.read_status(run).get("step_status", {}).get(s, {}).get("status")  # noqa: E731
-    wait_for(lambda: step_state("02_extract") == "running" or not panel.runs.running, RUN_TIMEOUT_S, "02_extract to start")
+    wait_for(lambda: step_state("03_extract") == "running" or not panel.runs.running, RUN_TIMEOUT_S, "03_extract to start")
     assert panel.runs.running, "".join(panel.runs.log_lines)[-3000:]
-    wait_for(lambda: executed_progress(run / "notebooks" / "02_extract.ipynb")[0] >= 2, 120, "02_extract's first cells")
+    wait_for(lambda: executed_progress(run / "notebooks" / "03_extract.ipynb")[0] >= 2, 120, "03_extract's first cells")
     kernels = psutil.Process(panel.runs.proc.pid).children(recursive=True)
     assert kernels, "the runner has a kernel while a notebook runs"
     panel.runs.stop()
@@ -520,14 +520,14 @@ def test_stop_ends_the_run_and_keeps_finished_steps(tiny_params, tmp_path):
     assert status["status"] == "stopped", "".join(panel.runs.log_lines)[-3000:]
     assert "finished steps kept: 01_load" in status["error"]
     states = {k: v["status"] for k, v in status["step_status"].items()}
-    assert states["01_load"] == "ok" and states["02_extract"] == "stopped"
+    assert states["01_load"] == "ok" and states["03_extract"] == "stopped"
     assert all(states[s] == "not run" for s in runner.PIPELINE[2:])
     assert (run / "html" / "01_load.html").is_file() and (run / "notebooks" / "01_load.ipynb").is_file()
-    assert (run / "html" / "02_extract.html").is_file()  # the interrupted step's partial record
-    assert "KeyboardInterrupt" in status["step_status"]["02_extract"]["error"]
+    assert (run / "html" / "03_extract.html").is_file()  # the interrupted step's partial record
+    assert "KeyboardInterrupt" in status["step_status"]["03_extract"]["error"]
     assert panel.runs.proc.returncode is not None
     wait_for(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kernels), 30, "the kernel to shut down")
-    assert panel.runs._rows["02_extract"].bar.bar_style == "warning" and "stopped" in panel.runs.message.value
+    assert panel.runs._rows["03_extract"].bar.bar_style == "warning" and "stopped" in panel.runs.message.value
     assert next(e for e in panel.reports.entries if e.name == run.name).status == "stopped"
 
 
@@ -630,13 +630,13 @@ def test_cluster_notebook_shows_the_explorer_when_interactive(pipeline_run, tmp_
     run_copy = tmp_path / "run"
     shutil.copytree(result.run.path, run_copy)  # follows the cubes link into the cache
     out = tmp_path / "04.ipynb"
-    papermill.execute_notebook(str(PROJECT_ROOT / "notebooks" / "04_cluster.ipynb"), str(out), kernel_name="python3",
+    papermill.execute_notebook(str(PROJECT_ROOT / "notebooks" / "05_cluster.ipynb"), str(out), kernel_name="python3",
                                parameters={"run_dir": str(run_copy), "interactive": True, "n_bootstrap": 2},
                                cwd=str(PROJECT_ROOT), progress_bar=False)
     nb = nbformat.read(str(out), as_version=4)
     cell = next(c for c in nb.cells if c.source.startswith("snb.ui.explorer("))
     assert any(WIDGET_MIME in o.get("data", {}) for o in cell.outputs)
-    batch = nbformat.read(str(result.run.notebooks_dir / "04_cluster.ipynb"), as_version=4)
+    batch = nbformat.read(str(result.run.notebooks_dir / "05_cluster.ipynb"), as_version=4)
     cell = next(c for c in batch.cells if c.source.startswith("snb.ui.explorer("))
     assert cell.outputs == []  # batch runs stay free of widgets
 

@@ -282,7 +282,7 @@ def brightness_check(
 
     ``features`` is the features (or cube) table holding the mean-intensity column (or name it
     with ``intensity``); ``X_or_emb`` the clustered matrix: the embeddings table of
-    03_reduce (its ``pca_*`` columns), a :class:`FeatureMatrix` or an array, rows aligned with
+    04_reduce (its ``pca_*`` columns), a :class:`FeatureMatrix` or an array, rows aligned with
     ``features``. ``labels`` (cluster per synapse, -1 = noise) adds the cluster measure.
     With ``adjust_for_shape`` the part of the intensity that the shape descriptors predict is
     removed first (:func:`shape_adjusted`), so genuine shape classes that differ in mean

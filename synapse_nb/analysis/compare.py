@@ -186,7 +186,7 @@ def pairwise_effects(df: pd.DataFrame, labels: np.ndarray | pd.Series | str, col
 
 @dataclass
 class SizeAnalysis:
-    """Everything notebook 04 shows about synapse sizes per cluster."""
+    """Everything notebook 05 shows about synapse sizes per cluster."""
 
     summary: pd.DataFrame
     kruskal: pd.DataFrame

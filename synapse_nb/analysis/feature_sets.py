@@ -142,7 +142,7 @@ def _deep_block(features: pd.DataFrame, feature_set: str, names: list[str], pref
     """The standardised deep feature columns and how many are constant (they stay 0)."""
     cols = feature_columns(features, prefix)
     if not cols:
-        hint = "use feature_set='descriptors'" if feature_set == "hybrid" else "pass the features table written by 02_extract"
+        hint = "use feature_set='descriptors'" if feature_set == "hybrid" else "pass the features table written by 03_extract"
         raise ValueError(f"feature_set {feature_set!r} needs deep feature columns ({prefix}*) but the table has none; {hint}")
     Xs, scaler = standardize(features[cols], names, prefix=prefix)
     if scaler.n_constant:
@@ -165,7 +165,7 @@ def _descriptors_for(features: pd.DataFrame, feature_set: str, descriptors: Sequ
         raise ValueError(
             f"feature_set {feature_set!r} needs morphometric descriptor columns (vesicle_volume_um3, cleft_area_um2, "
             "cleft_flatness, ...) but the features table has none: rebuild the cubes (01_load) with this version "
-            "so the cube table carries them, re-run 02_extract, or use feature_set='deep'"
+            "so the cube table carries them, re-run 03_extract, or use feature_set='deep'"
         )
     desc, desc_notes = _descriptor_block(features, cols, names)
     notes.extend(desc_notes)

@@ -83,7 +83,7 @@ def feature_matrix(df: pd.DataFrame, prefix: str = DEFAULT_PREFIX) -> np.ndarray
     if not cols:
         raise ValueError(
             f"the table has no feature columns (names starting with {prefix!r}); "
-            f"it has {list(df.columns)[:8]}... - pass the features table written by notebook 02"
+            f"it has {list(df.columns)[:8]}... - pass the features table written by notebook 03"
         )
     return df[cols].to_numpy(dtype=np.float64, copy=False)
 
@@ -137,7 +137,7 @@ def check_finite(X: np.ndarray, names: Sequence[str] | None = None, max_listed: 
     more = f" and {len(rows) - max_listed} more" if len(rows) > max_listed else ""
     raise ValueError(
         f"{len(rows)} synapse(s) have NaN or infinite features: {', '.join(label)}{more}. "
-        "Re-extract these synapses (notebook 02) or drop them from the features table "
+        "Re-extract these synapses (notebook 03) or drop them from the features table "
         "before reducing, e.g. df = df[np.isfinite(feature_matrix(df)).all(axis=1)]."
     )
 
@@ -359,7 +359,7 @@ def tsne_embed(
 
 
 # --------------------------------------------------------------------------------------
-# the one call notebook 03 makes
+# the one call notebook 04 makes
 # --------------------------------------------------------------------------------------
 def embedding_columns(method: str, dim: int) -> list[str]:
     """Column names of an embedding: ``umap_1, umap_2`` (2-D), ``umap3d_1..3`` (3-D), ..."""
@@ -521,7 +521,7 @@ def compile_kernels(n: int = 63, n_features: int = 96, seed: int = 0) -> dict[st
     UMAP and pynndescent compile their kernels on first use (over a minute on a small CPU);
     kernels marked cacheable are then kept in ``NUMBA_CACHE_DIR``, which the runner and the
     notebook setup point at ``<project>/.numba_cache``. ``make install`` calls this once, so
-    the first ``03_reduce`` of a fresh install does not pay for compilation. Returns the
+    the first ``04_reduce`` of a fresh install does not pay for compilation. Returns the
     seconds per method.
     """
     rng = np.random.default_rng(seed)

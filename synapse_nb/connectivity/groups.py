@@ -24,9 +24,9 @@ Groups
     type). A neurite with one analysed synapse is a *single*: not a group, but one of the
     "other axons" in the inter-group distances and the permutation null.
 Distance space
-    Euclidean distance between the ``pca_*`` columns of the embeddings table (03_reduce): the
+    Euclidean distance between the ``pca_*`` columns of the embeddings table (04_reduce): the
     PCA scores of the standardised features (the standardised features themselves when PCA is
-    off). This is exactly the space 04_cluster clusters in, so "alike" here and "same cluster"
+    off). This is exactly the space 05_cluster clusters in, so "alike" here and "same cluster"
     there mean the same thing. UMAP coordinates are only drawn, never measured.
 Intra / inter
     Intra: every pair of synapses of one group. Inter: every pair of synapses from different
@@ -46,7 +46,7 @@ Permutation test
 
 Modules: :mod:`synapse_nb.connectivity.stats` holds the statistics (pure functions on arrays),
 :mod:`synapse_nb.connectivity.summary_page` the figures, galleries and the summary page; both are
-reachable from here, which is what notebook 06 calls.
+reachable from here, which is what notebook 07 calls.
 """
 from __future__ import annotations
 
@@ -95,8 +95,8 @@ MAP_FALLBACKS = (("umap_1", "umap_2"), ("tsne_1", "tsne_2"), ("pca_1", "pca_2"))
 TABLE_NAMES = {"groups": "presynapse_groups", "synapses": "presynapse_synapses", "excluded": "presynapse_excluded"}
 TEST_JSON = "presynapse_test.json"
 SUMMARY_HTML = "presynapse_summary.html"
-SPACE = ("Euclidean distance in the pca_* space of 03_reduce (PCA scores of the standardised features), "
-         "the space 04_cluster clusters in")
+SPACE = ("Euclidean distance in the pca_* space of 04_reduce (PCA scores of the standardised features), "
+         "the space 05_cluster clusters in")
 AUTO, PRESYNAPTIC, EITHER_SIDE = "auto", "presynaptic", "either_side"
 GROUPING_MODES = (AUTO, PRESYNAPTIC, EITHER_SIDE)
 MIN_DECIDED_FRACTION = 0.5
@@ -198,7 +198,7 @@ def polarity_decided(table: pd.DataFrame) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GroupingChoice:
-    """Which grouping 06_presynapse uses and why (see the module's documented choices)."""
+    """Which grouping 07_presynapse uses and why (see the module's documented choices)."""
 
     mode: str  # PRESYNAPTIC or EITHER_SIDE
     requested: str  # what was asked: auto, presynaptic or either_side
@@ -344,7 +344,7 @@ def assign_groups_either_side(
 # --------------------------------------------------------------------------------------
 @dataclass
 class PresynapseAnalysis:
-    """Everything 06_presynapse shows and writes."""
+    """Everything 07_presynapse shows and writes."""
 
     synapses: pd.DataFrame  # analysed synapses (groups + singles): identity, axon, group, cluster, map x/y
     X: np.ndarray  # their coordinates in the distance space (rows aligned with ``synapses``)
@@ -485,7 +485,7 @@ class PresynapseAnalysis:
 
     def markdown(self) -> str:
         """What was analysed and how it was grouped, with the rule that chose the grouping
-        (06_presynapse's opening text; the verdict is :meth:`test_sentence`)."""
+        (07_presynapse's opening text; the verdict is :meth:`test_sentence`)."""
         return f"{self.headline()}\n\n{self.grouping_sentence()}"
 
     def summary(self) -> dict[str, Any]:
@@ -505,7 +505,7 @@ def _map_columns(emb: pd.DataFrame, wanted: tuple[str, str] | None) -> tuple[str
     for pair in [*options, *MAP_FALLBACKS]:
         if pair and all(c in emb.columns for c in pair):
             return pair
-    raise ValueError(f"the embeddings table has none of the 2-D map columns {MAP_FALLBACKS}: rerun 03_reduce")
+    raise ValueError(f"the embeddings table has none of the 2-D map columns {MAP_FALLBACKS}: rerun 04_reduce")
 
 
 def _composition(values: pd.Series) -> str:
@@ -559,11 +559,11 @@ def _feature_rows(features: pd.DataFrame, source: pd.DataFrame, from_cube_table:
     key = [L.BBOX_COLUMN, L.NAME_COLUMN]
     missing = [c for c in key if c not in features.columns]
     if missing:
-        raise ValueError(f"the features table lacks column(s) {missing}: rerun 02_extract")
+        raise ValueError(f"the features table lacks column(s) {missing}: rerun 03_extract")
     dup = features.duplicated(key, keep=False)
     if dup.any():
         names = (features.loc[dup, L.BBOX_COLUMN].astype(str) + "/" + features.loc[dup, L.NAME_COLUMN].astype(str)).unique()
-        raise ValueError(f"the features table names synapses more than once: {', '.join(names[:5])}; rerun 02_extract")
+        raise ValueError(f"the features table names synapses more than once: {', '.join(names[:5])}; rerun 03_extract")
     # before matching on (bbox, Var1): a missing column or a repeated name must be named, not a pandas error
     _check_table(source, "the synapse table of 01_load" if from_cube_table else "the features table")
     feat_keys = pd.MultiIndex.from_frame(features[key].astype(str))
@@ -593,7 +593,7 @@ def analyze(
     grouping: str = AUTO,
 ) -> PresynapseAnalysis:
     """Group, measure and test. ``features``/``embeddings``/``clusters`` are the tables of
-    02/03/04 (rows aligned by position); ``synapse_table`` is the cube table of 01_load where
+    03/04/05 (rows aligned by position); ``synapse_table`` is the cube table of 01_load where
     the groups come from (default: the same columns carried by ``features``). ``within_bbox``:
     compare and shuffle only within each bbox (scope "bbox"), else across all (scope "all").
     ``grouping``: ``auto`` (by presynaptic neurite when polarity is known for at least
@@ -601,15 +601,15 @@ def analyze(
     ``presynaptic`` or ``either_side``."""
     scope = "bbox" if within_bbox else "all"
     if len(embeddings) != len(features):
-        raise ValueError(f"embeddings have {len(embeddings)} rows but the features table {len(features)}: rerun 03_reduce")
+        raise ValueError(f"embeddings have {len(embeddings)} rows but the features table {len(features)}: rerun 04_reduce")
     cols = pca_columns(embeddings)
     if not cols:
-        raise ValueError("the embeddings table has no pca_* columns: rerun 03_reduce")
+        raise ValueError("the embeddings table has no pca_* columns: rerun 04_reduce")
     map_columns = _map_columns(embeddings, map_columns)
     source = features if synapse_table is None else synapse_table
     key = [L.BBOX_COLUMN, L.NAME_COLUMN]
     pos = _feature_rows(features, source, synapse_table is not None)
-    no_features = "no features (left out at extraction, see skipped_features of 02_extract)"
+    no_features = "no features (left out at extraction, see skipped_features of 03_extract)"
     choice = choose_grouping(source, grouping, available=pos >= 0)
     if choice.mode == PRESYNAPTIC:
         table = assign_groups(source, include_ambiguous, available=pos >= 0, unavailable_reason=no_features)
@@ -626,7 +626,7 @@ def analyze(
         syn[c] = emb[c].to_numpy()[rows]
     if clusters is not None:
         if len(clusters) != len(features):
-            raise ValueError(f"clusters have {len(clusters)} rows but the features table {len(features)}: rerun 04_cluster")
+            raise ValueError(f"clusters have {len(clusters)} rows but the features table {len(features)}: rerun 05_cluster")
         syn["cluster"] = clusters["cluster"].astype(str).to_numpy()[rows]
     class_column = class_column if class_column and class_column in features.columns else None
     if class_column:
@@ -651,7 +651,7 @@ def analyze(
 def summary_sentence(summary: Mapping[str, Any]) -> str:
     """One sentence for the run report from ``presynapse_test.json`` (:meth:`PresynapseAnalysis.summary`),
     worded for its grouping mode (files without ``grouping`` are presynaptic). The verdict is
-    06_presynapse's: p <= 0.05 and observed/null effect < 1; p, effect and ratio may be None."""
+    07_presynapse's: p <= 0.05 and observed/null effect < 1; p, effect and ratio may be None."""
     t = summary
     symmetric = t.get("grouping") == EITHER_SIDE
     if not t.get("n_groups"):

@@ -34,7 +34,7 @@ PROGRESS_MIN_WORK = 2_000_000
 
 def as_points(X: np.ndarray) -> np.ndarray:
     """``X`` as a finite float 2-D array (a clear error naming the bad rows otherwise)."""
-    return finite_matrix(X, what="coordinates", fix="rerun 03_reduce")
+    return finite_matrix(X, what="coordinates", fix="rerun 04_reduce")
 
 
 def _codes(values: Sequence | np.ndarray | None, n: int, what: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Figures, group galleries and the summary page of presynapse connectivity (notebook 06).
+"""Figures, group galleries and the summary page of presynapse connectivity (notebook 07).
 
 Figures are plain plotly ``go.Figure`` objects (one call each, as the notebook shows them);
 :func:`synapse_nb.connectivity.groups` re-exports them. The summary page opens offline on its own: plotly.js is embedded once in the head, every figure is a

@@ -24,6 +24,8 @@ from . import labels as L
 from .errors import format_validation_error, shorten, validate_name
 from .layers import CONV_INDICES
 
+#: What ``device`` accepts: auto (a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N, mps.
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:[0-9]+|mps)$"
 #: Largest parameter file read (they are a few hundred bytes; a file saved by the panel ~2 kB).
 MAX_FILE_BYTES = 1_000_000
 #: Most top-level keys of a parameter file (there are about 50 parameters).
@@ -88,7 +90,18 @@ class Config(BaseModel):
     rotation_averaging: Literal[1, 2, 4] = Field(1, description="average the features over this many 90-degree rotations about the cleft normal (1 = off)")
     precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16: faster only on CPUs with native bf16 (emulated, ~100x slower, elsewhere); its features differ from float32 by a few % of the spread between synapses, check the clusters with benchmarks/bench_precision.py")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="seed for weights, sampling and embeddings (0 .. 2**32-1)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="where the network runs (extraction, Grad-CAM, pretraining): auto (a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps")
     cache_dir: str = Field("runs/cache", description="reuse cubes and features across runs here; empty = no reuse")
+
+    # --- self-supervised pretraining ---
+    pretrain: bool = Field(False, description="train the network on this run's synapses first (contrastive, SimCLR) and extract features with those weights")
+    pretrain_epochs: int = Field(40, ge=1, le=10000, description="most training epochs (training stops earlier when the loss stops improving)")
+    pretrain_batch_size: int = Field(16, ge=2, le=1024, description="synapses per training batch (each seen as two augmented views)")
+    pretrain_cube_size: int = Field(32, ge=0, le=512, description="train on cubes resampled to this edge (same field of view, fewer voxels; 0 = the cube size): 32 or 48 keep a CPU run to minutes")
+    pretrain_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate (cosine schedule)")
+    pretrain_temperature: float = Field(0.2, gt=0.0, le=10.0, description="NT-Xent temperature")
+    pretrain_patience: int = Field(8, ge=1, le=1000, description="stop after this many epochs without a better loss")
+    pretrain_precision: Literal["float32", "bfloat16"] = Field("float32", description="bfloat16 mixed precision for training (fast only on CPUs with native bf16 and on GPUs)")
 
     # --- reduction and clustering ---
     feature_set: Literal["deep", "descriptors", "hybrid"] = Field(
@@ -203,7 +216,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "network and extraction": (
         "weights_path", "extraction_method", "layer_num", "pooling_method", "rotation_averaging", "batch_size", "precision", "seed",
-        "cache_dir",
+        "device", "cache_dir",
+    ),
+    "self-supervised pretraining": (
+        "pretrain", "pretrain_epochs", "pretrain_batch_size", "pretrain_cube_size", "pretrain_learning_rate",
+        "pretrain_temperature", "pretrain_patience", "pretrain_precision",
     ),
     "reduction and clustering": (
         "feature_set", "descriptor_weight", "pca_components", "n_neighbors", "min_dist", "umap_metric", "perplexity",

@@ -5,16 +5,16 @@ every class and were only resized along depth. Here a map always answers a state
 
 Targets (``attention_target``), see :data:`TARGET_MEANINGS`
     * ``cluster`` - cosine similarity between the synapse's features and its cluster's
-      centroid, in exactly the space 04_cluster clustered in: the pooled features of
-      02_extract's settings, z-scored with the features table's mean/std (as 03_reduce), then
-      projected on 03_reduce's PCA axes. The projection is recovered from the stored PCA
+      centroid, in exactly the space 05_cluster clustered in: the pooled features of
+      03_extract's settings, z-scored with the features table's mean/std (as 04_reduce), then
+      projected on 04_reduce's PCA axes. The projection is recovered from the stored PCA
       scores by least squares (min-norm; exact, because PCA axes lie in the span of the
       standardised rows) and checked against them. The map shows what makes the synapse
       look like its cluster.
-      When 03_reduce clustered the ``descriptors`` or a ``hybrid`` feature set, its PCA scores
+      When 04_reduce clustered the ``descriptors`` or a ``hybrid`` feature set, its PCA scores
       are not a function of the network alone and no gradient reaches them. The target is
-      then built in the network features' own space (standardised, PCA as in 03_reduce, the
-      same 04_cluster labels; :func:`deep_cluster_space`), and the notes say that the maps
+      then built in the network features' own space (standardised, PCA as in 04_reduce, the
+      same 05_cluster labels; :func:`deep_cluster_space`), and the notes say that the maps
       explain the network's features, not the descriptors (:func:`feature_set_note`).
     * ``logit`` - one classifier output (``attention_class``, -1 = the predicted class);
       only with a checkpoint that holds a trained head.
@@ -47,7 +47,7 @@ Most attended
     is attended more than its surroundings.
 
 Rotation averaging
-    When 02_extract averaged the features over turns of the cube about the cleft normal
+    When 03_extract averaged the features over turns of the cube about the cleft normal
     (``rotation_averaging`` > 1), Grad-CAM explains the unrotated cube. The stored features
     are then checked against rotation-averaged features recomputed for the explained cubes
     (``feature_match``), and ``unrotated_match`` says how far the explained, unrotated
@@ -113,10 +113,10 @@ TARGET_MEANINGS: dict[str, str] = {
 }
 DEEP_PROXY_MEANING = (
     "cosine similarity of the synapse's pooled network features to the centroid of its cluster's network features "
-    "(standardised and PCA-projected as 03_reduce does, but without the descriptors the clusters were made with): "
+    "(standardised and PCA-projected as 04_reduce does, but without the descriptors the clusters were made with): "
     "bright voxels are what makes the network's features of this synapse resemble those of its cluster"
 )
-"""What the ``cluster`` target means when 03_reduce clustered descriptors or a hybrid set."""
+"""What the ``cluster`` target means when 04_reduce clustered descriptors or a hybrid set."""
 #: Structure masks compared with the maps, from the structure bits of each cube.
 STRUCTURES: dict[str, int] = {
     "pre": L.BIT_PRE,
@@ -125,7 +125,7 @@ STRUCTURES: dict[str, int] = {
     "cleft": L.BIT_CLEFT | L.BIT_CLEFT2,
     "mito": L.BIT_MITO_ANY,
 }
-#: Settings of 02_extract that define the features (and thus the cluster space and the input).
+#: Settings of 03_extract that define the features (and thus the cluster space and the input).
 FEATURE_KEYS: tuple[str, ...] = (
     "cube_size", "segmentation_type", "alpha", "gray_value", "quantize_8bit", "second_minmax",
     "input_range", "intensity_normalization", "weights_path", "extraction_method", "layer_num", "pooling_method",
@@ -136,7 +136,7 @@ DEFAULT_BATCH_SIZE = 1
 batch 2 is no faster per cube than batch 1, and every cube adds ~0.45 GB of saved activations
 (batch 1 peaks at ~0.9-1.1 GB, batch 8 at ~4 GB)."""
 FEATURE_MATCH_MIN = 0.99
-"""Cosine below which recomputed features are reported as differing from 02_extract's."""
+"""Cosine below which recomputed features are reported as differing from 03_extract's."""
 PROJECTION_RTOL = 1e-3
 """Largest relative error allowed when re-deriving the stored PCA scores from the features."""
 BORDER_RING_VOXELS = 4
@@ -260,7 +260,7 @@ class ClusterSpace:
     """The space the ``cluster`` target measures in, as a differentiable map from pooled features.
 
     ``z = ((f - mean) / scale * keep) @ projection``; ``centroids[label]`` in z-space. For a
-    ``deep`` run it is the space 04_cluster clustered in; otherwise (``feature_set``
+    ``deep`` run it is the space 05_cluster clustered in; otherwise (``feature_set``
     descriptors/hybrid) the network features' own PCA space, and ``notes`` say so.
     """
 
@@ -312,33 +312,33 @@ def cluster_space(
     seed: int = 42,
     descriptor_weight: float | None = None,
 ) -> ClusterSpace:
-    """The ``cluster`` target's space for a run that clustered ``feature_set`` (03_reduce's).
+    """The ``cluster`` target's space for a run that clustered ``feature_set`` (04_reduce's).
 
-    ``deep``: 03_reduce's standardisation + PCA recovered from the stored scores, and 04_cluster's
+    ``deep``: 04_reduce's standardisation + PCA recovered from the stored scores, and 05_cluster's
     centroids. ``descriptors`` / ``hybrid``: those scores hold descriptors the network cannot
-    explain, so :func:`deep_cluster_space` with 03_reduce's ``pca_components`` and ``seed``
+    explain, so :func:`deep_cluster_space` with 04_reduce's ``pca_components`` and ``seed``
     (``descriptor_weight`` only words the note).
     """
     if feature_set not in FEATURE_SETS:
-        raise AttentionError(f"unknown feature_set {feature_set!r} in 03_reduce's parameters; expected one of {FEATURE_SETS}")
+        raise AttentionError(f"unknown feature_set {feature_set!r} in 04_reduce's parameters; expected one of {FEATURE_SETS}")
     if not len(features) == len(embeddings) == len(labels):
         raise AttentionError(
             f"features ({len(features)} rows), embeddings ({len(embeddings)}) and clusters ({len(labels)}) "
-            "do not line up: rerun 03_reduce and 04_cluster on this run's features"
+            "do not line up: rerun 04_reduce and 05_cluster on this run's features"
         )
     if feature_set != "deep":
         return deep_cluster_space(features, labels, n_components=pca_components, seed=seed, feature_set=feature_set,
                                   descriptor_weight=descriptor_weight)
     pcs = R.pca_columns(embeddings)
     if not pcs:
-        raise AttentionError("the embeddings table has no pca_* columns: rerun 03_reduce")
+        raise AttentionError("the embeddings table has no pca_* columns: rerun 04_reduce")
     Xs, scaler = R.standardize(features)
     Z = embeddings[pcs].to_numpy(np.float64)
     W, residual = _projection(Xs, Z)
     if residual > PROJECTION_RTOL:
         raise AttentionError(
             f"the stored PCA scores are not a linear projection of the standardised features "
-            f"(relative error {residual:.2g}): the embeddings were made from other features; rerun 03_reduce and 04_cluster"
+            f"(relative error {residual:.2g}): the embeddings were made from other features; rerun 04_reduce and 05_cluster"
         )
     return ClusterSpace(scaler.mean, scaler.scale, (~scaler.constant).astype(np.float64), W, _centroids(Z, labels), residual)
 
@@ -362,7 +362,7 @@ def deep_cluster_space(
     if not R.feature_columns(features):
         raise AttentionError(
             f"the run clustered feature_set {feature_set!r} and its features table has no feat_* columns: the cluster target "
-            "explains the network's features, so rerun 02_extract, or use attention_target 'norm'"
+            "explains the network's features, so rerun 03_extract, or use attention_target 'norm'"
         )
     n = len(features)
     if n < 2:
@@ -404,7 +404,7 @@ def feature_set_note(
     descriptor_weight: float | None = None,
     silhouette: float | None = None,
 ) -> str:
-    """What the cluster target explains when 03_reduce clustered ``feature_set`` (markdown)."""
+    """What the cluster target explains when 04_reduce clustered ``feature_set`` (markdown)."""
     if feature_set == "deep":
         return "Clusters were made on the network's features; the cluster target is measured in that same space."
     if feature_set == "descriptors":
@@ -416,7 +416,7 @@ def feature_set_note(
     text = (
         f"{made} Grad-CAM can only follow the network, so the `cluster` score is the cosine similarity of a synapse's "
         f"network features to its cluster's centroid of network features (standardised, PCA with {n_components} components, "
-        "the same 04_cluster labels): the maps explain what makes the network's features of a synapse resemble those of "
+        "the same 05_cluster labels): the maps explain what makes the network's features of a synapse resemble those of "
         "its cluster, not the descriptors (vesicle cloud volume, cleft area, ...)."
     )
     if silhouette is not None:
@@ -426,9 +426,9 @@ def feature_set_note(
 
 
 def rotation_note(turns: int) -> str:
-    """What Grad-CAM explains when 02_extract averaged features over ``turns`` rotations (markdown)."""
+    """What Grad-CAM explains when 03_extract averaged features over ``turns`` rotations (markdown)."""
     return (
-        f"02_extract averaged each synapse's features over {int(turns)} rotations of {360 // int(turns)} degrees about its "
+        f"03_extract averaged each synapse's features over {int(turns)} rotations of {360 // int(turns)} degrees about its "
         "cleft normal; Grad-CAM explains the unrotated cube (the score reads its features, not the average). "
         "`feature_match` compares the stored features with rotation-averaged ones recomputed here; `unrotated_match` "
         "says how close the explained, unrotated features are to the stored average."
@@ -538,7 +538,7 @@ class Study:
     cfg: "Config"
     features: pd.DataFrame
     labels: np.ndarray | None
-    points: np.ndarray | None  # 03_reduce's PCA scores: the space 04_cluster clustered in
+    points: np.ndarray | None  # 04_reduce's PCA scores: the space 05_cluster clustered in
     space: ClusterSpace | None
     cubes: "CubeSet"
     model: VGG3D
@@ -564,7 +564,7 @@ class Study:
             f"**Target `{self.target.kind}`**: {meaning}.",
             f"**Network**: {self.weights}.",
             f"**Score read from**: {self._reads(where)}; cubes of segmentation type "
-            f"{c.segmentation_type}, alpha {c.alpha}, input range {rng} (as in 02_extract).",
+            f"{c.segmentation_type}, alpha {c.alpha}, input range {rng} (as in 03_extract).",
             "**Layers**: " + ", ".join(layer_text(i, S) for i in self.layers) + f" (cubes of {S}^3).",
         ]
         lines += [f"⚠ {n}" for n in [*self.skipped_layers.values(), *self.notes]]
@@ -650,7 +650,7 @@ class AttentionResult:
         )
         if "feature_match" in self.samples and (self.samples["feature_match"] < FEATURE_MATCH_MIN).any():
             worst = float(self.samples["feature_match"].min())
-            lines.append(f"⚠ recomputed features differ from 02_extract's (cosine down to {worst:.3f}): were the cubes or weights changed?")
+            lines.append(f"⚠ recomputed features differ from 03_extract's (cosine down to {worst:.3f}): were the cubes or weights changed?")
         if "unrotated_match" in self.samples and len(self.samples):
             lines.append(
                 f"The explained (unrotated) cubes' features are at cosine {float(self.samples['unrotated_match'].min()):.3f} "
@@ -681,7 +681,7 @@ def select_rows(study: Study, n_samples: int = 0) -> dict[str, list[int]]:
         pick = np.sort(rng.choice(usable, size=min(int(n_samples), len(usable)), replace=False))
         return {"sample": pick.tolist()}
     if study.labels is None or study.points is None:
-        raise AttentionError("no clusters in this run (03_reduce/04_cluster have not run): give n_samples > 0 to explain random synapses")
+        raise AttentionError("no clusters in this run (04_reduce/05_cluster have not run): give n_samples > 0 to explain random synapses")
     reps = representatives(study.points, study.labels, n=study.cfg.attention_per_cluster)
     return {f"cluster {k}": v for k, v in reps.items()}
 
@@ -722,7 +722,7 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     feats = study.features.iloc[flat].reset_index(drop=True)
     crow = cube_rows(study.cubes, feats)
     S = study.cubes.geometry.size
-    inputs = render_rows(study.cubes, study.cfg, crow)  # exactly what 02_extract rendered, in [0, 1]
+    inputs = render_rows(study.cubes, study.cfg, crow)  # exactly what 03_extract rendered, in [0, 1]
     bits = np.asarray(study.cubes.bits[crow])
     table = study.cubes.table
     valid = np.stack([inside_volume(S, table.iloc[r]) for r in crow])
@@ -760,7 +760,7 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
             )
     turns = int(getattr(study.cfg, "rotation_averaging", 1) or 1)
     if pooled and study.target.kind != "logit":
-        # the features recomputed here against those 02_extract stored: same cube, same network?
+        # the features recomputed here against those 03_extract stored: same cube, same network?
         from ..features.extract import feature_columns
 
         new = np.concatenate(pooled).astype(np.float64)
@@ -771,7 +771,7 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
                 new = rotation_averaged_features(study, inputs, crow).astype(np.float64)
             samples["feature_match"] = _row_cosine(new, old)
     if turns > 1 and study.target.kind != "logit":
-        explained.append(f"Grad-CAM explains the unrotated cube; 02_extract averaged the features over {turns} rotations")
+        explained.append(f"Grad-CAM explains the unrotated cube; 03_extract averaged the features over {turns} rotations")
     for j, layer in enumerate(study.layers):
         samples[f"empty_map_{layer}"] = peaks[:, j] <= 0
     samples["weights"] = weights_tag(study.weights)
@@ -791,7 +791,7 @@ def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def rotation_averaged_features(study: Study, inputs: np.ndarray, cube_rows_: Sequence[int]) -> np.ndarray:
-    """Features of rendered ``inputs`` (n, S, S, S) averaged over rotations as 02_extract made them.
+    """Features of rendered ``inputs`` (n, S, S, S) averaged over rotations as 03_extract made them.
 
     Forward passes only (``rotation_averaging`` per cube, about each synapse's cleft-normal axis
     from rows ``cube_rows_`` of the cube table), float32: the reference the stored features are
@@ -922,7 +922,7 @@ def most_attended(summary: pd.DataFrame) -> pd.DataFrame:
     need = {"layer", "structure", "inside_outside_ratio"}
     missing = sorted(need - set(summary.columns))
     if missing:
-        raise ValueError(f"the attention summary lacks column(s) {missing}: make it with overlap_summary (05_attention)")
+        raise ValueError(f"the attention summary lacks column(s) {missing}: make it with overlap_summary (06_attention)")
     rows = []
     for layer, sub in summary.groupby("layer", sort=True):
         ok = sub[np.isfinite(pd.to_numeric(sub["inside_outside_ratio"], errors="coerce").to_numpy(float))]

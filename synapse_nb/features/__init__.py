@@ -9,6 +9,7 @@ from .checkpoint import (
     check_state_dict,
     load_checkpoint,
 )
+from .devices import DEVICE_CHOICES, DeviceError, autocast, describe_device, resolve_device
 from .extract import (
     ROTATIONS,
     CubeSource,
@@ -29,6 +30,11 @@ from .inference import InferenceTrunk, fold_batchnorm, reuse_large_allocations
 from .vgg3d import VGG3D, count_parameters, init_random
 
 __all__ = [
+    "DEVICE_CHOICES",
+    "DeviceError",
+    "autocast",
+    "describe_device",
+    "resolve_device",
     "ROTATIONS",
     "CheckpointError",
     "CubeSource",

@@ -420,7 +420,7 @@ def seed_csv_name(method: str, layer_num: int | None, pooling: str, segmentation
 # --------------------------------------------------------------------------- result
 @dataclass
 class FeatureResult:
-    """What notebook 02 produces: features with metadata, and who was left out and why."""
+    """What notebook 03 produces: features with metadata, and who was left out and why."""
 
     features: pd.DataFrame  # synapse metadata + feat_* columns
     skipped: pd.DataFrame  # bbox, Var1, table_row, reason (empty masks for this type)

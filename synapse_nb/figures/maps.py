@@ -1,4 +1,4 @@
-"""Plotly figures for notebooks 03/04: embedding maps and the analysis figures.
+"""Plotly figures for notebooks 04/05: embedding maps and the analysis figures.
 
 One call per figure. Figures are plain ``go.Figure`` objects (no widgets), so they render
 interactively in JupyterLab and statically in the exported HTML.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 #: The pipeline's steps in order; each is a notebook ``notebooks/<step>.ipynb``.
 STEPS: tuple[str, ...] = (
-    "01_load", "02_extract", "03_reduce", "04_cluster", "05_attention", "06_presynapse", "07_report",
+    "01_load", "03_extract", "04_reduce", "05_cluster", "06_attention", "07_presynapse", "08_report",
 )
 RUNNER = "runner"
 """Pseudo-step for files the runner itself writes (parameters, status, log)."""
@@ -60,46 +60,46 @@ CACHE_RECORD = _a("cache_record", "cache.json", "json", "01_load", "which cached
 CUBES = _a("cubes", "cubes", "cube store", "01_load", "raw + structure bits per synapse (a link into the cache when caching)")
 SKIPPED = _a("skipped", "tables/skipped.parquet", "parquet", "01_load", "synapses that could not be built, with reasons", csv=True)
 
-# --- 02_extract
-FEATURES = _a("features", "tables/features.parquet", "parquet", "02_extract", "one row per synapse: metadata + feat_* columns")
-SEED_FEATURES_CSV = _a("seed_features_csv", "tables/{name}", "csv", "02_extract",
+# --- 03_extract
+FEATURES = _a("features", "tables/features.parquet", "parquet", "03_extract", "one row per synapse: metadata + feat_* columns")
+SEED_FEATURES_CSV = _a("seed_features_csv", "tables/{name}", "csv", "03_extract",
                        "the features again under the original tool's file name")
-SKIPPED_FEATURES = _a("skipped_features", "tables/skipped_features.parquet", "parquet", "02_extract",
+SKIPPED_FEATURES = _a("skipped_features", "tables/skipped_features.parquet", "parquet", "03_extract",
                       "synapses left out because their mask is empty for the segmentation type", csv=True)
-EXTRACTION = _a("extraction", "tables/extraction.json", "json", "02_extract", "weights, input range, seconds")
+EXTRACTION = _a("extraction", "tables/extraction.json", "json", "03_extract", "weights, input range, seconds")
 
-# --- 03_reduce
-EMBEDDINGS = _a("embeddings", "tables/embeddings.parquet", "parquet", "03_reduce", "PCA scores, UMAP and t-SNE coordinates")
+# --- 04_reduce
+EMBEDDINGS = _a("embeddings", "tables/embeddings.parquet", "parquet", "04_reduce", "PCA scores, UMAP and t-SNE coordinates")
 
-# --- 04_cluster
-CLUSTERS = _a("clusters", "tables/clusters.parquet", "parquet", "04_cluster", "cluster label per synapse", csv=True)
-STABILITY = _a("stability", "tables/stability.parquet", "parquet", "04_cluster", "subsample stability per k")
-AGREEMENT = _a("agreement", "tables/agreement.parquet", "parquet", "04_cluster", "ARI / NMI against known classes")
-CLUSTER_QUALITY = _a("cluster_quality", "tables/cluster_quality.json", "json", "04_cluster", "method, k, silhouette")
-ANNDATA = _a("anndata", "synapses.h5ad", "h5ad", "04_cluster", "features, embeddings and clusters for scanpy")
+# --- 05_cluster
+CLUSTERS = _a("clusters", "tables/clusters.parquet", "parquet", "05_cluster", "cluster label per synapse", csv=True)
+STABILITY = _a("stability", "tables/stability.parquet", "parquet", "05_cluster", "subsample stability per k")
+AGREEMENT = _a("agreement", "tables/agreement.parquet", "parquet", "05_cluster", "ARI / NMI against known classes")
+CLUSTER_QUALITY = _a("cluster_quality", "tables/cluster_quality.json", "json", "05_cluster", "method, k, silhouette")
+ANNDATA = _a("anndata", "synapses.h5ad", "h5ad", "05_cluster", "features, embeddings and clusters for scanpy")
 
-# --- 05_attention
-ATTENTION_SAMPLES = _a("attention_samples", "tables/attention_samples.parquet", "parquet", "05_attention",
+# --- 06_attention
+ATTENTION_SAMPLES = _a("attention_samples", "tables/attention_samples.parquet", "parquet", "06_attention",
                        "explained synapses", csv=True)
-ATTENTION_OVERLAP = _a("attention_overlap", "tables/attention_overlap.parquet", "parquet", "05_attention",
+ATTENTION_OVERLAP = _a("attention_overlap", "tables/attention_overlap.parquet", "parquet", "06_attention",
                        "attention vs structure per synapse, layer and structure")
 ATTENTION_OVERLAP_SUMMARY = _a("attention_overlap_summary", "tables/attention_overlap_summary.parquet", "parquet",
-                               "05_attention", "attention vs structure averaged per layer", csv=True)
-ATTENTION_REGIONS = _a("attention_regions", "tables/attention_regions.parquet", "parquet", "05_attention",
+                               "06_attention", "attention vs structure averaged per layer", csv=True)
+ATTENTION_REGIONS = _a("attention_regions", "tables/attention_regions.parquet", "parquet", "06_attention",
                        "strongest regions of the mean map", csv=True)
-ATTENTION_MAPS = _a("attention_maps", "attention/maps.npz", "npz", "05_attention", "Grad-CAM maps (float16)")
-ATTENTION_META = _a("attention_meta", "attention/attention.json", "json", "05_attention", "target, weights, layers")
+ATTENTION_MAPS = _a("attention_maps", "attention/maps.npz", "npz", "06_attention", "Grad-CAM maps (float16)")
+ATTENTION_META = _a("attention_meta", "attention/attention.json", "json", "06_attention", "target, weights, layers")
 
-# --- 06_presynapse
-PRESYNAPSE_GROUPS = _a("presynapse_groups", "tables/presynapse_groups.parquet", "parquet", "06_presynapse",
+# --- 07_presynapse
+PRESYNAPSE_GROUPS = _a("presynapse_groups", "tables/presynapse_groups.parquet", "parquet", "07_presynapse",
                        "one row per group of synapses sharing a neurite (see its grouping column)", csv=True)
-PRESYNAPSE_SYNAPSES = _a("presynapse_synapses", "tables/presynapse_synapses.parquet", "parquet", "06_presynapse",
+PRESYNAPSE_SYNAPSES = _a("presynapse_synapses", "tables/presynapse_synapses.parquet", "parquet", "07_presynapse",
                          "synapses with their group")
-PRESYNAPSE_EXCLUDED = _a("presynapse_excluded", "tables/presynapse_excluded.parquet", "parquet", "06_presynapse",
+PRESYNAPSE_EXCLUDED = _a("presynapse_excluded", "tables/presynapse_excluded.parquet", "parquet", "07_presynapse",
                          "synapses left out of the grouping, with reasons", csv=True)
-PRESYNAPSE_TEST = _a("presynapse_test", "tables/presynapse_test.json", "json", "06_presynapse",
+PRESYNAPSE_TEST = _a("presynapse_test", "tables/presynapse_test.json", "json", "07_presynapse",
                      "permutation test numbers")
-PRESYNAPSE_SUMMARY = _a("presynapse_summary", "html/presynapse_summary.html", "html", "06_presynapse",
+PRESYNAPSE_SUMMARY = _a("presynapse_summary", "html/presynapse_summary.html", "html", "07_presynapse",
                         "self-contained summary page of the groups")
 
 ALL: tuple[Artifact, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Artifact))

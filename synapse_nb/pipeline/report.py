@@ -1,4 +1,4 @@
-"""Export executed notebooks to self-contained HTML reports, a sweep's index page and the run summary of 07_report."""
+"""Export executed notebooks to self-contained HTML reports, a sweep's index page and the run summary of 08_report."""
 from __future__ import annotations
 
 import html
@@ -131,11 +131,11 @@ Grid: {_cell(spec.get('grid'))}</p>
 
 
 # --------------------------------------------------------------------------------------
-# run summary (notebook 07)
+# run summary (notebook 08)
 # --------------------------------------------------------------------------------------
 @dataclass
 class RunSummary:
-    """Everything 07_report shows about one run, read back from the run directory."""
+    """Everything 08_report shows about one run, read back from the run directory."""
 
     run_path: Path
     parameters: "pd.DataFrame"
@@ -169,19 +169,19 @@ class RunSummary:
         return "\n".join(f"- ⚠ {w}" for w in self.warnings) if self.warnings else "No warnings."
 
     def presynapse_markdown(self) -> str:
-        """One sentence on the shared-neurite permutation test of 06_presynapse (if it ran),
+        """One sentence on the shared-neurite permutation test of 07_presynapse (if it ran),
         worded for its grouping (presynaptic, or a neurite on either side when polarity is unknown)."""
         if not self.presynapse:
-            return "06_presynapse did not run in this run."
+            return "07_presynapse did not run in this run."
         from ..connectivity.groups import summary_sentence
 
         return summary_sentence(self.presynapse)
 
     def attention_markdown(self) -> str:
-        """What 05_attention explained and which structure each layer attends to most."""
+        """What 06_attention explained and which structure each layer attends to most."""
         m = self.attention_meta
         if not m or self.attention is None or not len(self.attention):
-            return "05_attention did not run in this run."
+            return "06_attention did not run in this run."
         from ..explain.attention import most_attended_text
 
         parts = most_attended_text(self.attention)
@@ -191,9 +191,9 @@ class RunSummary:
         return text + "".join(f"\n\n⚠ {note}" for note in m.get("explained", []))
 
     def links_markdown(self) -> str:
-        """Links to the run's other pages, relative to where 07_report's own page is written."""
-        here = posixpath.dirname(A.HTML.at(step="07_report"))
-        pages = [(label, posixpath.relpath(rel, here)) for label, rel in html_pages(Run(self.run_path)) if label != "07_report"]
+        """Links to the run's other pages, relative to where 08_report's own page is written."""
+        here = posixpath.dirname(A.HTML.at(step="08_report"))
+        pages = [(label, posixpath.relpath(rel, here)) for label, rel in html_pages(Run(self.run_path)) if label != "08_report"]
         return " · ".join(f"[{label}]({rel})" for label, rel in pages) or "No other report exported yet."
 
 

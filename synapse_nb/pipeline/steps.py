@@ -101,7 +101,7 @@ def check_dataset(bboxes: Sequence[BboxData], cfg: Config) -> None:
 #: Parameters that say which data is opened (so which segmentation types it can serve).
 DATASET_KEYS = ("dataset", "raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "label_table")
 #: Steps that read ``segmentation_type`` / ``crop_mode`` against the dataset.
-_TYPE_STEPS, _CROP_STEPS = ("01_load", "02_extract"), ("01_load",)
+_TYPE_STEPS, _CROP_STEPS = ("01_load", "03_extract"), ("01_load",)
 
 
 def with_data_paths(cfg: Config, root: str | Path | None) -> Config:
@@ -205,7 +205,7 @@ def load_cubes(run: Run) -> CubeSet:
     return CubeSet.load(run.require(A.CUBES))
 
 
-# --------------------------------------------------------------------------- 02_extract
+# --------------------------------------------------------------------------- 03_extract
 def compute_features(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config, progress: bool = True) -> FeatureResult:
     """Render every usable cube for the configured segmentation type and extract its features.
 
@@ -246,9 +246,9 @@ def _load_features(folder: Path) -> FeatureResult:
 
 
 def extract(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config, run: Run) -> FeatureResult:
-    """02_extract: :func:`compute_features`, or the cached result when the run's cubes (the cache
+    """03_extract: :func:`compute_features`, or the cached result when the run's cubes (the cache
     entry they are, or their files) and every extraction parameter are unchanged. The cube
-    parameters of ``cfg`` play no part: 02_extract is not given them, the run's cubes decide."""
+    parameters of ``cfg`` play no part: 03_extract is not given them, the run's cubes decide."""
     upstream = None
     if cfg.cache_dir:
         if not run.cubes_dir.exists():  # nothing on disk identifies these cubes: no reuse
@@ -274,9 +274,9 @@ def save_features(result: FeatureResult, run: Run) -> dict[str, Path]:
     return paths
 
 
-# --------------------------------------------------------------------------- 03_reduce / 04_cluster
+# --------------------------------------------------------------------------- 04_reduce / 05_cluster
 def reduce(features: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """03_reduce: the ``feature_set`` matrix (blocks weighted by ``descriptor_weight``), PCA
+    """04_reduce: the ``feature_set`` matrix (blocks weighted by ``descriptor_weight``), PCA
     (``pca_components`` 0 = none), UMAP and t-SNE with ``cfg``."""
     matrix = FS.assemble(features, feature_set=cfg.feature_set, descriptor_weight=cfg.descriptor_weight)
     return R.reduce_features(
@@ -286,13 +286,13 @@ def reduce(features: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 
 
 def load_reduced(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """Features, embeddings and the PCA matrix 04_cluster clusters in."""
+    """Features, embeddings and the PCA matrix 05_cluster clusters in."""
     features, emb = run.read(A.FEATURES), run.read(A.EMBEDDINGS)
     return features, emb, emb[R.pca_columns(emb)].to_numpy()
 
 
 def cluster(X: np.ndarray, cfg: Config) -> C.ClusterResult:
-    """04_cluster: the method, k (0 = choose, by ``k_selection``) and k range of ``cfg``."""
+    """05_cluster: the method, k (0 = choose, by ``k_selection``) and k range of ``cfg``."""
     return C.cluster(X, method=cfg.clustering_method, k=cfg.n_clusters or None, k_range=(cfg.k_min, cfg.k_max),
                      seed=cfg.seed, k_selection=cfg.k_selection)
 
@@ -331,18 +331,18 @@ def save_clusters(run: Run, features: pd.DataFrame, emb: pd.DataFrame, result: C
     return paths
 
 
-# --------------------------------------------------------------------------- 05_attention
+# --------------------------------------------------------------------------- 06_attention
 def feature_config(run: Run, cfg: Config) -> Config:
-    """``cfg`` with the feature settings 02_extract used in this run (so maps explain those
-    features), keeping the attention keys. ``weights_path`` empty = 02's weights."""
-    recorded = run.read(A.STEP_PARAMS, step="02_extract")
+    """``cfg`` with the feature settings 03_extract used in this run (so maps explain those
+    features), keeping the attention keys. ``weights_path`` empty = 03's weights."""
+    recorded = run.read(A.STEP_PARAMS, step="03_extract")
     values = cfg.to_dict()
     for key in X.FEATURE_KEYS:
         if key in recorded and key in Config.model_fields:
             values[key] = recorded[key]
     if cfg.weights_path:
         values["weights_path"] = cfg.weights_path
-    return make_config(values, source=str(run.file(A.STEP_PARAMS, step="02_extract")))
+    return make_config(values, source=str(run.file(A.STEP_PARAMS, step="03_extract")))
 
 
 def _explained_layers(layers: Sequence[int], upto: int, target: str) -> tuple[list[int], dict[int, str]]:
@@ -368,16 +368,16 @@ def _clusters_for_attention(run: Run, n_features: int) -> tuple[np.ndarray | Non
     if len(labels) != n_features or len(emb) != n_features:
         raise X.AttentionError(
             f"features ({n_features} rows), embeddings ({len(emb)}) and clusters ({len(labels)}) of run "
-            f"{run.path} do not line up: rerun 03_reduce and 04_cluster"
+            f"{run.path} do not line up: rerun 04_reduce and 05_cluster"
         )
     return labels, emb
 
 
 def _reduce_settings(run: Run) -> dict[str, object]:
-    """How 03_reduce made the clustering space (its recorded feature set, PCA size, seed): the
+    """How 04_reduce made the clustering space (its recorded feature set, PCA size, seed): the
     cluster target must know whether the network's features alone were clustered. Runs whose
-    03_reduce recorded no feature set clustered the deep features."""
-    recorded = run.read(A.STEP_PARAMS, step="03_reduce") if run.has(A.STEP_PARAMS, step="03_reduce") else {}
+    04_reduce recorded no feature set clustered the deep features."""
+    recorded = run.read(A.STEP_PARAMS, step="04_reduce") if run.has(A.STEP_PARAMS, step="04_reduce") else {}
     fields = Config.model_fields
     feature_set = str(recorded.get("feature_set") or "deep")
     weight = recorded.get("descriptor_weight", fields["descriptor_weight"].default)
@@ -399,14 +399,14 @@ def _target(kind: str, fcfg: Config, model: VGG3D, info: ModelInfo, cfg: Config,
 
 
 def load_study(run: Run, cfg: Config) -> X.Study:
-    """05_attention: features, clusters, embeddings and cubes of ``run``, 02_extract's network and
+    """06_attention: features, clusters, embeddings and cubes of ``run``, 03_extract's network and
     the target ``cfg.attention_target``; errors name the missing step or the key to change."""
     fcfg = feature_config(run, cfg)
     features = run.read(A.FEATURES)
     cubes = load_cubes(run)
     if cubes.geometry.size != fcfg.cube_size:
         logger.info("cube size %d from the stored cubes (parameters said %d)", cubes.geometry.size, fcfg.cube_size)
-        fcfg = fcfg.model_copy(update={"cube_size": cubes.geometry.size})  # what the maps are made at (recorded by 05)
+        fcfg = fcfg.model_copy(update={"cube_size": cubes.geometry.size})  # what the maps are made at (recorded by 06)
     labels, emb = _clusters_for_attention(run, len(features))
     points = None if emb is None else emb[R.pca_columns(emb)].to_numpy(np.float64)
     kind = cfg.attention_target
@@ -414,7 +414,7 @@ def load_study(run: Run, cfg: Config) -> X.Study:
     if kind == "cluster":
         if labels is None:
             raise X.AttentionError(
-                f"attention_target 'cluster' needs the clusters of 04_cluster and the embeddings of 03_reduce "
+                f"attention_target 'cluster' needs the clusters of 05_cluster and the embeddings of 04_reduce "
                 f"({run.file(A.CLUSTERS)}); run them, or use attention_target 'norm'"
             )
         space = X.cluster_space(features, emb, labels, **_reduce_settings(run))
@@ -427,7 +427,7 @@ def load_study(run: Run, cfg: Config) -> X.Study:
         )
     notes: list[str] = []
     if fcfg.precision != "float32":
-        notes.append(f"02_extract ran in {fcfg.precision}; Grad-CAM runs in float32 (features agree to about 0.999 cosine).")
+        notes.append(f"03_extract ran in {fcfg.precision}; Grad-CAM runs in float32 (features agree to about 0.999 cosine).")
     if kind != "logit" and fcfg.rotation_averaging > 1:
         notes.append(X.rotation_note(fcfg.rotation_averaging))
     notes += space.notes if space is not None else []
@@ -459,9 +459,9 @@ def save_attention(run: Run, result: X.AttentionResult, overlap: pd.DataFrame, s
     return paths
 
 
-# --------------------------------------------------------------------------- 06_presynapse
+# --------------------------------------------------------------------------- 07_presynapse
 def analyze_presynapse(run: Run, cfg: Config, within_bbox: bool = True, *, grouping: str = "auto") -> PresynapseAnalysis:
-    """06_presynapse: :func:`analyze` on the run's features (02), embeddings (03), clusters (04)
+    """07_presynapse: :func:`analyze` on the run's features (03), embeddings (04), clusters (05)
     and the synapse table stored with the cubes (01). ``grouping``: auto / presynaptic /
     either_side (see :mod:`synapse_nb.connectivity.groups`)."""
     cube_table = load_cubes(run).table

@@ -1,4 +1,4 @@
-"""The exploration widget of ``04_cluster`` (``interactive=True``): click or lasso points of
+"""The exploration widget of ``05_cluster`` (``interactive=True``): click or lasso points of
 the 2-D map and see those synapses' slices and metadata beside it.
 
 The map is the same figure :func:`synapse_nb.figures.maps.embedding_map` draws for the report, made

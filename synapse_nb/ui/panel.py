@@ -3,7 +3,7 @@
 One widget with four tabs: the parameter form with save / load / reset
 (:mod:`synapse_nb.widgets_form`, fields in :mod:`synapse_nb.widgets_fields`), the preview of one synapse (:mod:`synapse_nb.widgets_preview`),
 runs and sweeps with progress, log and stop (:mod:`synapse_nb.widgets_runs`) and the reports
-list (:mod:`synapse_nb.widgets_reports`). ``04_cluster`` uses :func:`explorer`
+list (:mod:`synapse_nb.widgets_reports`). ``05_cluster`` uses :func:`explorer`
 (:mod:`synapse_nb.widgets_explore`). Everything is a plain attribute, so the logic is tested
 without a browser: ``panel.form.widgets["alpha"].value = 0.5; panel.config()``.
 """
@@ -102,5 +102,5 @@ def control_panel(params: str | Path | Mapping[str, Any] | None = None, runs_roo
 
 
 def explorer(frame, cubes, cfg, **kwargs):
-    """Clickable 2-D map of ``04_cluster`` (see :mod:`synapse_nb.widgets_explore`)."""
+    """Clickable 2-D map of ``05_cluster`` (see :mod:`synapse_nb.widgets_explore`)."""
     return Explorer(frame, cubes, cfg, **kwargs)

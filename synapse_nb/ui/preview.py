@@ -2,7 +2,7 @@
 morphometrics, for the segmentation type and alpha the form holds.
 
 The cube is built exactly as ``01_load`` builds it (:func:`synapse_nb.pipeline.steps.make_cubes`
-on a one-row table) and rendered as ``02_extract`` renders it, so what is shown is what the
+on a one-row table) and rendered as ``03_extract`` renders it, so what is shown is what the
 network will see. Opening the dataset and building the cube are cached on the parameters that
 decide them; changing the segmentation type, alpha or depth only re-renders.
 """
@@ -276,7 +276,7 @@ class SynapsePreview:
         cfg = self._cfg
         t = cfg.segmentation_type
         try:
-            self.cubes.require_type(t)  # as 01_load / 02_extract would refuse it
+            self.cubes.require_type(t)  # as 01_load / 03_extract would refuse it
         except DataError as exc:
             self.rendered, self.planes, self.marks = None, {}, {}
             for img in self.images.values():
