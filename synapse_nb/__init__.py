@@ -23,7 +23,7 @@ from typing import Any
 from .core.notebook import say, setup
 
 __version__ = "0.1.0"
-SUBPACKAGES = ("core", "data", "cubes", "features", "analysis", "explain", "connectivity", "figures", "pipeline", "ui")
+SUBPACKAGES = ("core", "data", "cubes", "features", "training", "analysis", "explain", "connectivity", "figures", "pipeline", "ui")
 __all__ = [*SUBPACKAGES, "say", "setup", "__version__"]
 
 

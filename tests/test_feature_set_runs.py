@@ -9,10 +9,12 @@ import yaml
 
 from synapse_nb.pipeline import artifacts, runner
 
+from .conftest import SHARED_RUN_VALUES
+
 pytestmark = pytest.mark.notebooks
 
 
-def test_rerun_from_reduce_with_the_descriptor_feature_set(pipeline_run, tiny_params, tmp_path):
+def test_rerun_from_reduce_with_the_descriptor_feature_set(pipeline_run, ci_values, tmp_path):
     """04_reduce..08_report rerun with feature_set 'descriptors' (the shared run used the default,
     'hybrid'): every step succeeds, 06 explains the network's features and says so, 08 names the
     feature set; the shared run is left as it was."""
@@ -26,7 +28,7 @@ def test_rerun_from_reduce_with_the_descriptor_feature_set(pipeline_run, tiny_pa
         target = (source / link.relative_to(copy)).resolve()
         link.unlink()
         link.symlink_to(target, target_is_directory=target.is_dir())
-    values = {**tiny_params, "attention_per_cluster": 1, "n_gifs": 2, "n_permutations": 200, "feature_set": "descriptors"}
+    values = {**ci_values, **SHARED_RUN_VALUES, "feature_set": "descriptors"}  # the shared run's values but the set
 
     steps = ["04_reduce", "05_cluster", "06_attention", "08_report"]  # 07 reads the same clusters as any set
     result = runner.run_pipeline(values, run_dir=copy, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports",

@@ -479,17 +479,16 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.notebooks
-def test_run_from_the_panel_completes(tiny_params, tmp_path):
-    panel = widgets.ControlPanel(ci_values(tiny_params), runs_root=tmp_path / "runs", reports_root=tmp_path / "reports",
-                                 params_dir=tmp_path)
-    run = panel.runs.start_run()
-    assert panel.runs.running and panel.runs.stop_button.disabled is False and panel.runs.run_button.disabled
-    with pytest.raises(runner.RunnerError, match="already running"):
-        panel.runs.start_run()
-    status = panel.runs.wait(RUN_TIMEOUT_S)
+def test_run_from_the_panel_completes(panel_run):
+    # the session's shared run (conftest.panel_run): started from a panel on ci.yaml, the
+    # panel's state right after the start and a refused second start recorded there
+    panel, run, status, tmp_path = panel_run.panel, panel_run.run, panel_run.status, panel_run.base
+    started = panel_run.at_start
+    assert started["running"] and started["stop_disabled"] is False and started["run_disabled"]
+    assert "already running" in started["second_start"]
     log = "".join(panel.runs.log_lines)
     assert status["status"] == "ok", log[-3000:]
-    steps = list(runner.PIPELINE)
+    steps, _ = runner.asked_steps(runner.PIPELINE, C.load_config(run / "params.yaml"))  # 02_pretrain only when asked
     assert status["steps"] == steps and all(status["step_status"][s]["status"] == "ok" for s in steps)
     for s in steps:
         assert (run / "html" / f"{s}.html").is_file() and (tmp_path / "reports" / run.name / f"{s}.html").is_file()
@@ -521,7 +520,8 @@ def test_stop_ends_the_run_and_keeps_finished_steps(tiny_params, tmp_path):
     assert "finished steps kept: 01_load" in status["error"]
     states = {k: v["status"] for k, v in status["step_status"].items()}
     assert states["01_load"] == "ok" and states["03_extract"] == "stopped"
-    assert all(states[s] == "not run" for s in runner.PIPELINE[2:])
+    assert states["02_pretrain"] == runner.NOT_ASKED  # ci.yaml does not ask for pretraining
+    assert all(states[s] == "not run" for s in runner.PIPELINE[3:])
     assert (run / "html" / "01_load.html").is_file() and (run / "notebooks" / "01_load.ipynb").is_file()
     assert (run / "html" / "03_extract.html").is_file()  # the interrupted step's partial record
     assert "KeyboardInterrupt" in status["step_status"]["03_extract"]["error"]

@@ -25,7 +25,9 @@ Small data rules (few synapses):
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -247,6 +249,34 @@ def _umap_knn(Z: np.ndarray, n_neighbors: int, metric: str, seed: int, low_memor
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_umap_kernels() -> int:
+    """Keep umap-learn's own numba kernels in ``NUMBA_CACHE_DIR`` too; returns how many.
+
+    umap-learn compiles its layout optimiser and fuzzy-graph kernels without numba's cache,
+    about 25 s in every new process (each 04_reduce, each sweep combination) even when the
+    cache folder is warm; cached, a later process loads them in well under a second. The
+    compiled code is the same, so is the embedding. Only when ``NUMBA_CACHE_DIR`` is set (the
+    runner, ``make install`` and the notebooks' setup set it).
+    """
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        return 0
+    import umap.distances
+    import umap.layouts
+    import umap.umap_
+    import umap.utils
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    n = 0
+    for module in (umap.umap_, umap.layouts, umap.utils, umap.distances):
+        for fn in vars(module).values():
+            if isinstance(fn, Dispatcher) and isinstance(fn._cache, NullCache):
+                fn.enable_caching()
+                n += 1
+    return n
+
+
 def umap_embed(
     Z: np.ndarray,
     n_components: int = 2,
@@ -265,6 +295,7 @@ def umap_embed(
     """
     import umap
 
+    _cache_umap_kernels()
     Z = np.asarray(Z, dtype=np.float32)
     n = Z.shape[0]
     _check_embed_n(n, "UMAP")

@@ -82,6 +82,7 @@ from ..core.layers import (
 from ..core.progress_bars import progress
 from ..cubes.geometry import valid_mask_from_pads
 from ..features.checkpoint import ModelInfo
+from ..features.devices import describe_device
 from ..features.extract import pool_features
 from ..features.inference import reuse_large_allocations
 from ..features.vgg3d import VGG3D
@@ -199,7 +200,8 @@ def gradcam(
     ``score`` maps the output of ``features[upto]`` to one value per sample (B,). Samples must
     not interact (eval mode), so one backward pass of the summed scores serves the batch.
     Returns the scores (B,), ``{layer: maps (B, Z, Y, X)}`` in [0, 1] at input resolution and
-    the raw map maxima (B, n_layers) (0 = empty map).
+    the raw map maxima (B, n_layers) (0 = empty map), all on the CPU. ``x`` is moved to the
+    device of ``features`` (where the caller put the network), so the pass runs there.
     """
     layers = sorted({int(i) for i in layers})
     if not layers:
@@ -210,6 +212,9 @@ def gradcam(
     if x.dim() != 5 or x.shape[1] != 1:
         raise ValueError(f"input must be (B, 1, Z, Y, X), got {tuple(x.shape)}")
     size = tuple(int(s) for s in x.shape[2:])
+    weight = next(features.parameters(), None)
+    if weight is not None:
+        x = x.to(weight.device)
     first = layers[0]
     acts: dict[int, torch.Tensor] = {}
     was_training = features.training
@@ -245,11 +250,11 @@ def gradcam(
                 if tuple(cam.shape[2:]) != size:
                     cam = F.interpolate(cam, size=size, mode="trilinear", align_corners=False)
                 cam, peak = normalize_maps(cam[:, 0].clamp_min(0))
-                maps[i] = cam.numpy().astype(np.float32, copy=False)
-                peaks[:, j] = peak.numpy()
+                maps[i] = cam.cpu().numpy().astype(np.float32, copy=False)
+                peaks[:, j] = peak.cpu().numpy()
     finally:
         features.train(was_training)
-    return scores.detach().double().numpy(), maps, peaks
+    return scores.detach().cpu().double().numpy(), maps, peaks
 
 
 # --------------------------------------------------------------------------------------
@@ -279,8 +284,12 @@ class ClusterSpace:
         return TARGET_MEANINGS["cluster"] if self.feature_set == "deep" else DEEP_PROXY_MEANING
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(B, D) pooled features -> (B, m) coordinates in the clustering space (differentiable)."""
-        xs = (pooled.double() - _f64(self.mean)) / _f64(self.scale) * _f64(self.keep)
+        """(B, D) pooled features -> (B, m) coordinates in the clustering space (differentiable).
+
+        Computed on the CPU in float64 whatever device ``pooled`` is on (a few hundred numbers per
+        synapse; MPS has no float64); the gradient flows back through the copy.
+        """
+        xs = (pooled.cpu().double() - _f64(self.mean)) / _f64(self.scale) * _f64(self.keep)
         return xs @ _f64(self.projection)
 
 
@@ -448,7 +457,7 @@ class Target:
 
     def pooled(self, act: torch.Tensor) -> torch.Tensor:
         p = pool_features(act, self.pooling)
-        self.last_pooled = p.detach().numpy().copy()
+        self.last_pooled = p.detach().cpu().numpy().copy()
         return p
 
     def score(self, act: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
@@ -510,9 +519,9 @@ class LogitTarget(Target):
         pred = probs.argmax(dim=1)
         cls = pred if self.class_index < 0 else torch.full_like(pred, self.class_index)
         self.last_extra = {
-            "class": cls.numpy().copy(),
-            "predicted_class": pred.numpy().copy(),
-            "probability": probs.gather(1, cls[:, None])[:, 0].numpy().copy(),
+            "class": cls.cpu().numpy().copy(),
+            "predicted_class": pred.cpu().numpy().copy(),
+            "probability": probs.gather(1, cls[:, None])[:, 0].cpu().numpy().copy(),
         }
         return logits.gather(1, cls[:, None])[:, 0]
 
@@ -548,6 +557,7 @@ class Study:
     layers: list[int]
     skipped_layers: dict[int, str]
     notes: list[str] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the network runs
 
     @property
     def weights(self) -> str:
@@ -562,7 +572,7 @@ class Study:
         meaning = self.space.meaning if self.target.kind == "cluster" and self.space is not None else TARGET_MEANINGS[self.target.kind]
         lines = [
             f"**Target `{self.target.kind}`**: {meaning}.",
-            f"**Network**: {self.weights}.",
+            f"**Network**: {self.weights}; Grad-CAM runs on {describe_device(self.device)}.",
             f"**Score read from**: {self._reads(where)}; cubes of segmentation type "
             f"{c.segmentation_type}, alpha {c.alpha}, input range {rng} (as in 03_extract).",
             "**Layers**: " + ", ".join(layer_text(i, S) for i in self.layers) + f" (cubes of {S}^3).",
@@ -599,6 +609,7 @@ class AttentionResult:
     seconds: float = 0.0
     border_ring: int | None = None  # voxels of the cube border left out of the summaries; None = border_ring_width(S)
     explained: list[str] = field(default_factory=list)  # what the score is when it is not the clustering's own (notes)
+    device: str = "cpu"  # where Grad-CAM ran (describe_device)
 
     @property
     def ring(self) -> int:
@@ -632,7 +643,8 @@ class AttentionResult:
     def notes(self) -> str:
         """What to keep in mind when reading the maps (markdown)."""
         n = len(self.samples)
-        lines = [f"{n} synapses x {len(self.layers)} layers explained in {self.seconds:.1f} s; target `{self.target}`; {self.weights}."]
+        lines = [f"{n} synapses x {len(self.layers)} layers explained in {self.seconds:.1f} s on {self.device}; "
+                 f"target `{self.target}`; {self.weights}."]
         for layer in self.layers:
             empty = int(self.samples[f"empty_map_{layer}"].sum())
             if empty:
@@ -732,11 +744,14 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     peaks = np.zeros((n, nl), dtype=np.float32)
     pooled: list[np.ndarray] = []
     extra: dict[str, list] = {}
+    study.model.to(study.device)  # in place; the target's head (a part of the model) moves with it
     t0 = time.perf_counter()
     bar = progress(total=n, desc="Grad-CAM", unit="syn", enabled=show_progress)
     # batch 1: keeping freed buffers saves ~1 s of page faults per cube for +0.2 GB; at batch 8
-    # it measured slower and +2 GB, so larger batches use plain malloc (bench_attention.py)
-    with reuse_large_allocations() if int(batch_size) == 1 else contextlib.nullcontext():
+    # it measured slower and +2 GB, so larger batches use plain malloc (bench_attention.py).
+    # Host heap tuning only matters when the activations live in host memory (the CPU).
+    reuse = int(batch_size) == 1 and study.device.type == "cpu"
+    with reuse_large_allocations() if reuse else contextlib.nullcontext():
         _explain_batches(study, inputs, flat, batch_size, maps, scores, peaks, pooled, extra, bar)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -779,7 +794,7 @@ def explain(study: Study, rows: Sequence[int] | Mapping[str, Sequence[int]], bat
     return AttentionResult(
         samples, list(study.layers), maps, inputs, bits, valid, study.target.kind, study.weights,
         study.cfg.attention_threshold, tuple(study.cubes.voxel_size_nm), dict(study.skipped_layers), seconds,
-        border_ring_width(S), explained,
+        border_ring_width(S), explained, describe_device(study.device),
     )
 
 
@@ -804,7 +819,7 @@ def rotation_averaged_features(study: Study, inputs: np.ndarray, cube_rows_: Seq
     extractor = FeatureExtractor(
         study.model, method=c.extraction_method, layer_num=c.layer_num, pooling=c.pooling_method, batch_size=1,
         precision="float32", input_range=study.input_range, num_threads=torch.get_num_threads(), progress=False,
-        rotations=int(c.rotation_averaging),
+        rotations=int(c.rotation_averaging), device=study.device,
     )
     axes = cleft_normal_axes(study.cubes.table.iloc[list(cube_rows_)])
     return extractor(np.ascontiguousarray(inputs, dtype=np.float32), rotation_axes=axes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +26,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 from ..core.errors import DataError
-from ..core.layers import HEAD_LINEAR_INDICES
+from ..core.layers import HEAD_LINEAR_INDICES, INPUT_RANGES, N_FEATURE_MODULES
 from .vgg3d import VGG3D, init_random
 
 
@@ -48,14 +48,44 @@ class ModelInfo:
     num_classes: int | None
     pretrained: bool
     default_input_range: str
+    #: the training record of weights made by synapse_nb's self-supervised pretraining
+    #: (``synapse_nb.training``), None for any other weights
+    pretraining: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def description(self) -> str:
         """One sentence for reports, e.g. 'RANDOM weights (seed 42) — features are not ...'."""
+        if self.pretraining is not None:
+            return _pretraining_description(self.pretraining, self.source, self.default_input_range)
         if not self.pretrained:
             return f"RANDOM weights (seed {self.seed}) — features are not from a trained network"
         head = f"with a {self.num_classes}-class head" if self.has_head else "trunk only, no head"
         rng = "[-1, 1]" if self.default_input_range == "-1_1" else "[0, 1]"
         return f"pretrained weights from {self.source} ({head}); default input range {rng}"
+
+
+PRETRAINING_KEY = "synapse_nb_pretraining"
+"""Key of the training record beside ``model_state_dict`` in weights written by ``synapse_nb.training``."""
+
+
+def _pretraining_description(record: Mapping[str, Any], source: str, input_range: str) -> str:
+    """'self-supervised weights (SimCLR, 25 epochs on 63 synapses of demo, loss 2.1) from ...'."""
+    data = record.get("describe_data") or {}
+    name = data.get("name") or data.get("dataset") if isinstance(data, Mapping) else None
+    if not name and isinstance(data, Mapping) and data:
+        name = ", ".join(f"{k} {v}" for k, v in list(data.items())[:3])
+    of = f" of {name}" if name else ""
+    method = str(record.get("method", "self-supervised")).split(" ")[0]
+    loss = record.get("final_loss")
+    loss_text = f", loss {float(loss):.3g}" if isinstance(loss, (int, float)) else ""
+    upto = record.get("upto")
+    trained = ""
+    if isinstance(upto, int) and upto < N_FEATURE_MODULES - 1:
+        trained = f"; trained up to features.{upto} (later layers keep random weights: extract at or before it)"
+    rng = "[-1, 1]" if input_range == "-1_1" else "[0, 1]"
+    return (
+        f"self-supervised weights ({method}, {record.get('epochs_run', '?')} epochs on "
+        f"{record.get('n_synapses', '?')} synapses{of}{loss_text}) from {source}{trained}; default input range {rng}"
+    )
 
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict")
@@ -71,7 +101,14 @@ def _missing_file_message(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict safely (``weights_only=True``) and normalise its layout.
+    """Read a state dict safely (``weights_only=True``), unwrapped and with ``module.`` stripped."""
+    return _load_with_record(path)[0]
+
+
+def _load_with_record(path: str | Path) -> tuple[dict[str, torch.Tensor], Mapping[str, Any] | None]:
+    """The state dict (see below) and the pretraining record beside it, if any.
+
+    Read a state dict safely (``weights_only=True``) and normalise its layout.
 
     * A training checkpoint keeps the weights under ``model_state_dict`` (or ``state_dict``)
       next to optimizer state and epoch counters: the weights are unwrapped.
@@ -97,6 +134,10 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {_one_line(exc)}); "
             "the file may be truncated or damaged: download it again or use another one"
         ) from exc
+    record = obj.get(PRETRAINING_KEY) if isinstance(obj, Mapping) else None
+    if record is not None and not isinstance(record, Mapping):
+        logger.warning("%s: ignoring the %r entry, which is not a dict", path, PRETRAINING_KEY)
+        record = None
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
@@ -115,7 +156,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             key = key[len(_DP_PREFIX):]
         state[key] = value
     check_finite(state, str(path))
-    return state
+    return state, record
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
@@ -233,10 +274,22 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         )
 
 
+def _record_input_range(record: Mapping[str, Any] | None, path: Path) -> str:
+    """[-1, 1] for HemiBrain-style checkpoints; what pretraining used for synapse_nb's own weights."""
+    if record is None:
+        return "-1_1"
+    value = record.get("input_range", "0_1")
+    if value not in INPUT_RANGES:
+        raise CheckpointError(f"{path}: {PRETRAINING_KEY}.input_range is {value!r}, expected one of {INPUT_RANGES}")
+    return str(value)
+
+
 def build_model(
     weights_path: str | Path | None = None,
     seed: int = 42,
     num_classes: int | None = None,
+    *,
+    warn_random: bool = True,
 ) -> tuple[VGG3D, ModelInfo]:
     """Build VGG3D in eval mode, from a checkpoint or from seeded random weights.
 
@@ -259,10 +312,11 @@ def build_model(
             pretrained=False,
             default_input_range="0_1",
         )
-        logger.warning("VGG3D uses %s", info.description())
+        if warn_random:  # pretraining starts from random weights on purpose and says so itself
+            logger.warning("VGG3D uses %s", info.description())
     else:
         path = Path(weights_path).expanduser()
-        state = load_checkpoint(path)
+        state, record = _load_with_record(path)
         file_classes = _num_classes_from_state(state)
         if num_classes is not None and file_classes != num_classes:
             raise CheckpointError(
@@ -287,7 +341,8 @@ def build_model(
             has_head=model.has_head,
             num_classes=model.num_classes,
             pretrained=True,
-            default_input_range="-1_1",
+            default_input_range=_record_input_range(record, path),
+            pretraining=dict(record) if record is not None else None,
         )
         logger.info("VGG3D loaded: %s", info.description())
     model.eval()

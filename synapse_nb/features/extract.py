@@ -18,9 +18,15 @@ process starts with ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's AVX-512 kernels pad th
 channels of block 1 to 32, its AVX2 kernels do not). That variable is process-wide, must be
 set before torch's first convolution and hides the native bf16 kernels (bf16 then becomes
 very slow), so this module does not set it.
+
+``device`` (see :mod:`.devices`) moves the trunk and each batch to a GPU; features come back as
+float32 on the CPU. The CPU tricks above (glibc allocation reuse, thread count, oneDNN fused
+ReLU, channels-last, the bf16 ISA checks) apply on the CPU only; on CUDA ``bfloat16`` runs with
+bf16 weights where the GPU supports bf16 and as float16 autocast elsewhere; MPS runs float32.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -47,6 +53,7 @@ from ..core.layers import (
 from ..core.errors import DataError
 from ..cubes.rendering import describe_synapse
 from .checkpoint import ModelInfo, check_finite
+from .devices import autocast, describe_device, mixed_precision_dtype, resolve_device
 from .inference import InferenceTrunk, reuse_large_allocations
 from .vgg3d import VGG3D
 
@@ -162,6 +169,10 @@ class FeatureExtractor:
     when the cube is turned by 90 degrees about that axis (with 2: by 180 degrees); the mean
     is summed in a fixed (sorted) order so this holds to the bit. n = 1 is the plain features.
     Each batch is run n times, so memory stays one batch and the cost is n times.
+
+    ``device`` (auto / cpu / cuda / cuda:N / mps, or a ``torch.device``) is where the trunk runs;
+    a device this machine lacks is a :class:`~synapse_nb.features.devices.DeviceError`. The
+    default, the CPU, gives the same bits as before the parameter existed.
     """
 
     def __init__(
@@ -177,10 +188,13 @@ class FeatureExtractor:
         num_threads: int | None = None,
         progress: bool = True,
         rotations: int = 1,
+        *,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.method = _check_choice("method", method, EXTRACTION_METHODS)
         self.pooling = _check_choice("pooling", pooling, POOLINGS)
         self.precision = _check_choice("precision", precision, PRECISIONS)
+        self.device = resolve_device(str(device))  # a device this machine lacks: DeviceError before any work
         self.layer_num = validate_layer(layer_num)
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -200,22 +214,51 @@ class FeatureExtractor:
         self.dim = feature_dim(pooling, self.channels)
         self.model_info = info
         _check_trunk_weights(model, self.upto, info)
-        if self.precision == "bfloat16":
-            isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-            if not _bf16_is_native():
-                logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
-            elif isa and "BF16" not in isa and "AMX" not in isa and isa not in ("ALL", "DEFAULT", "AVX10_1_512"):
-                logger.warning("bfloat16 requested but ONEDNN_MAX_CPU_ISA=%s hides the bf16 kernels: expect it to be slow", isa)
-        self.trunk = InferenceTrunk(model, self.upto, _DTYPES[self.precision], channels_last=self.channels_last)
+        self.device_name = describe_device(self.device)
+        trunk_dtype, self.amp_dtype = self._dtypes()
+        self.compute_dtype = self.amp_dtype or trunk_dtype  # what the convolutions compute in
+        self.trunk = InferenceTrunk(
+            model, self.upto, trunk_dtype, channels_last=self.channels_last, device=self.device
+        )
         self.last_seconds: float | None = None
+
+    def _dtypes(self) -> tuple[torch.dtype, torch.dtype | None]:
+        """(dtype of the trunk's weights, autocast dtype or None) for ``precision`` on the device.
+
+        CPU: the weights in the requested dtype (native bf16 kernels are checked). CUDA: bf16
+        weights where the GPU supports bf16, else float32 weights under float16 autocast (AMP).
+        MPS: float32 (mixed precision is not attempted there).
+        """
+        kind = self.device.type
+        if kind == "cpu":
+            if self.precision == "bfloat16":
+                isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+                if not _bf16_is_native():
+                    logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
+                elif isa and "BF16" not in isa and "AMX" not in isa and isa not in ("ALL", "DEFAULT", "AVX10_1_512"):
+                    logger.warning("bfloat16 requested but ONEDNN_MAX_CPU_ISA=%s hides the bf16 kernels: expect it to be slow", isa)
+            return _DTYPES[self.precision], None
+        if kind == "cuda":
+            mixed = mixed_precision_dtype(self.device, self.precision)
+            if mixed == torch.float16:
+                logger.info("%s has no bfloat16: precision bfloat16 runs as float16 autocast", self.device_name)
+                return torch.float32, torch.float16
+            return (torch.bfloat16 if mixed == torch.bfloat16 else torch.float32), None
+        if self.precision != "float32":
+            logger.warning("precision %s is not used on %s: extraction runs in float32", self.precision, self.device_name)
+        return torch.float32, None
 
     def describe(self) -> str:
         """Settings in one line, for reports."""
         where = "whole trunk (features.33)" if self.method == "standard" else layer_description(self.upto)
         rng = "[0, 1]" if self.input_range == "0_1" else "[-1, 1]"
+        computed = str(self.compute_dtype).removeprefix("torch.")
+        how = self.precision if computed == self.precision else f"{self.precision} run as {computed}"
+        if self.amp_dtype is not None:
+            how += " autocast"
         text = (
             f"{self.method} extraction, {where}, {self.pooling} pooling -> {self.dim} features, "
-            f"{self.precision}, input range {rng}"
+            f"{how}, input range {rng}, on {self.device_name}"
         )
         if self.rotations > 1:
             text += f", averaged over {self.rotations} rotations of {360 // self.rotations} degrees about the cleft normal"
@@ -279,10 +322,17 @@ class FeatureExtractor:
             raise ValueError(f"rotation_axes must be integers 0 (z), 1 (y) or 2 (x), got {np.unique(axes)[:5]}")
         return axes.astype(np.int64)
 
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        """Pooled float32 features (b, D) of a CPU batch, computed on the device, back on the CPU."""
+        x = x.to(self.device)
+        with autocast(self.device, self.precision) if self.amp_dtype is not None else contextlib.nullcontext():
+            act = self.trunk(x)
+        return pool_features(act, self.pooling).cpu().numpy()
+
     def _pooled(self, x: torch.Tensor, axes: np.ndarray | None, start: int) -> np.ndarray:
         """Pooled features (b, D) of one batch, averaged over the rotations when asked."""
         if axes is None:
-            return pool_features(self.trunk(x), self.pooling).numpy()
+            return self._forward(x)
         step = 4 // self.rotations
         shape = x.shape[2:]
         for i in range(len(x)):
@@ -298,7 +348,7 @@ class FeatureExtractor:
                 xr = x
             else:
                 xr = torch.stack([rotate_cube(x[i, 0], k * step, int(axes[start + i])) for i in range(len(x))]).unsqueeze(1)
-            per_turn.append(pool_features(self.trunk(xr), self.pooling).numpy())
+            per_turn.append(self._forward(xr))
         # sorted before summing: the same set of turns gives the same bits in any order
         return (np.sort(np.stack(per_turn), axis=0).sum(axis=0) / np.float32(self.rotations)).astype(np.float32)
 
@@ -319,13 +369,16 @@ class FeatureExtractor:
             return out
         spatial: list[tuple[int, ...]] = []
         starts = list(range(0, n, self.batch_size))
+        on_cpu = self.device.type == "cpu"
         prev_threads = torch.get_num_threads()
-        torch.set_num_threads(self.num_threads)
+        if on_cpu:  # thread count and heap tuning are for CPU convolutions; a GPU needs neither
+            torch.set_num_threads(self.num_threads)
         t0 = time.perf_counter()
         try:
             # read the next batch in a thread while the current one is computed (I/O overlap)
             bar = tqdm(total=n, unit="syn", desc="features", disable=not self.progress)
-            with reuse_large_allocations(), ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), bar:
+            heap = reuse_large_allocations() if on_cpu else contextlib.nullcontext()
+            with heap, ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), bar:
                 def read(s: int) -> Any:
                     return pool.submit(self._batch, cubes, s, min(s + self.batch_size, n), spatial)
 
@@ -427,14 +480,16 @@ class FeatureResult:
     seed_name: str  # the seed's CSV file name for these settings
     description: str  # weights, input range and extraction settings in words
     seconds: float
+    device: str = "cpu"  # where the features were computed (describe_device); older results: the CPU
 
     @property
     def matrix(self) -> np.ndarray:
         return self.features[feature_columns(self.features)].to_numpy(np.float32)
 
     def meta(self) -> dict[str, object]:
-        """What is recorded beside the table: seed file name, description, seconds."""
-        return {"seed_name": self.seed_name, "description": self.description, "seconds": self.seconds}
+        """What is recorded beside the table: seed file name, description, seconds, device."""
+        return {"seed_name": self.seed_name, "description": self.description, "seconds": self.seconds,
+                "device": self.device}
 
     def preview(self, n_rows: int = 5, n_features: int = 8) -> pd.DataFrame:
         """Synapse names with their first features: what the feature table looks like."""

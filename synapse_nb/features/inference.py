@@ -4,7 +4,8 @@ Feature extraction never needs gradients, so the trunk is rebuilt for inference 
 BatchNorm folded into the convolutions, ReLU fused where the CPU kernel allows, channels-last
 activations from the first convolution on, a pairwise max-pool, optional bfloat16, and reuse
 of large allocations between batches (:func:`reuse_large_allocations`). Results equal the
-plain ``VGG3D.forward_features`` to float32 rounding (tests/test_model.py).
+plain ``VGG3D.forward_features`` to float32 rounding (tests/test_model.py). On a GPU the same
+trunk runs with the folding only (the other tricks are CPU-specific).
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class InferenceTrunk:
     * ``channels_last_3d`` memory format lets oneDNN use its fastest direct kernels.
     * ``dtype=torch.bfloat16`` casts the folded weights once (the fold is done in float32) and
       runs convolutions in bf16; the returned activation is float32.
+    * ``device``: where the folded weights live and the trunk runs (inputs are moved there; the
+      activation stays there). The oneDNN fused ReLU and channels-last are CPU tricks: on a GPU
+      the plain convolutions run on contiguous (NCDHW) tensors, which cuDNN handles in any dtype.
 
     Built from a snapshot of the weights: rebuild after changing the model.
     """
@@ -62,13 +66,17 @@ class InferenceTrunk:
         dtype: torch.dtype = torch.float32,
         channels_last: bool = True,
         fuse: bool = True,
+        device: torch.device | str = "cpu",
     ) -> None:
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         self.upto = N_FEATURE_MODULES - 1 if upto is None else validate_layer(upto)
         self.dtype = dtype
+        self.device = torch.device(device)
+        on_cpu = self.device.type == "cpu"
+        channels_last = bool(channels_last) and on_cpu
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.fused_relu = bool(fuse) and _pointwise_conv_works(dtype, channels_last)
+        self.fused_relu = bool(fuse) and on_cpu and _pointwise_conv_works(dtype, channels_last)
         self.ops: list[tuple] = []
         mods = list(model.features[: self.upto + 1])
         i = 0
@@ -84,12 +92,12 @@ class InferenceTrunk:
                 relu = self.fused_relu and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
                 if relu:
                     i += 1
-                w = w.to(dtype).contiguous(memory_format=self.memory_format)
-                b = b.to(dtype) if b is not None else None
+                w = w.to(self.device, dtype).contiguous(memory_format=self.memory_format)
+                b = b.to(self.device, dtype) if b is not None else None
                 self.ops.append(("conv", w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups, relu))
             elif isinstance(m, nn.BatchNorm3d):
                 # only reached with fuse=False; a copy, so the caller's model is never cast
-                self.ops.append(("module", copy.deepcopy(m).to(dtype).eval()))
+                self.ops.append(("module", copy.deepcopy(m).to(self.device, dtype).eval()))
             elif isinstance(m, nn.ReLU):
                 self.ops.append(("relu",))
             elif isinstance(m, nn.MaxPool3d):
@@ -99,8 +107,8 @@ class InferenceTrunk:
             i += 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Run on ``x`` (B, 1, Z, Y, X); returns a float32 tensor (B, C, z, y, x)."""
-        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
+        """Run on ``x`` (B, 1, Z, Y, X); returns a float32 tensor (B, C, z, y, x) on the trunk's device."""
+        x = x.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
         if self.memory_format == torch.channels_last_3d and x.shape[1] == 1:
             # With one channel both layouts coincide and torch then treats the tensor as
             # NCDHW, so the first conv would write NCDHW and the next one pay a 49 MB

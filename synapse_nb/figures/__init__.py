@@ -31,6 +31,7 @@ from .plots import (
     preview_rows,
     synapse_overview,
 )
+from .training import augmentation_figure, loss_curve
 
 __all__ = [
     "CubeMarker",
@@ -40,6 +41,8 @@ __all__ = [
     "marker_note",
     "plane_marks",
     "analysis_frame",
+    "augmentation_figure",
+    "loss_curve",
     "bbox_counts",
     "bic_figure",
     "cluster_montage",

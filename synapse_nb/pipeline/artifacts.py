@@ -12,8 +12,11 @@ from pathlib import Path
 
 #: The pipeline's steps in order; each is a notebook ``notebooks/<step>.ipynb``.
 STEPS: tuple[str, ...] = (
-    "01_load", "03_extract", "04_reduce", "05_cluster", "06_attention", "07_presynapse", "08_report",
+    "01_load", "02_pretrain", "03_extract", "04_reduce", "05_cluster", "06_attention", "07_presynapse", "08_report",
 )
+#: Steps that run only when a parameter asks for them: step -> that boolean parameter. Otherwise
+#: the runner records them as "not asked" (never as failed) and the run goes on without them.
+OPTIONAL_STEPS: dict[str, str] = {"02_pretrain": "pretrain"}
 RUNNER = "runner"
 """Pseudo-step for files the runner itself writes (parameters, status, log)."""
 
@@ -60,13 +63,24 @@ CACHE_RECORD = _a("cache_record", "cache.json", "json", "01_load", "which cached
 CUBES = _a("cubes", "cubes", "cube store", "01_load", "raw + structure bits per synapse (a link into the cache when caching)")
 SKIPPED = _a("skipped", "tables/skipped.parquet", "parquet", "01_load", "synapses that could not be built, with reasons", csv=True)
 
+# --- 02_pretrain (only with pretrain: true)
+PRETRAIN_DIR = _a("pretrain_dir", "pretrain", "folder", "02_pretrain",
+                  "the training folder (a link into the cache when caching and the training is finished)")
+PRETRAIN_WEIGHTS = _a("pretrain_weights", "pretrain/weights.pt", "torch", "02_pretrain",
+                      "the trained trunk; 03_extract and 06_attention use it (weights_path of another run may too)")
+PRETRAIN_STATE = _a("pretrain_state", "pretrain/training_state.pt", "torch", "02_pretrain",
+                    "model, optimizer and epoch after every epoch: a killed run resumes from it")
+PRETRAIN_HISTORY = _a("pretrain_history", "pretrain/history.csv", "csv", "02_pretrain", "loss and seconds per epoch")
+PRETRAIN_RECORD = _a("pretrain_record", "tables/pretrain.json", "json", "02_pretrain",
+                     "settings, epochs, why training stopped, seconds per epoch, device, the synapses trained on")
+
 # --- 03_extract
 FEATURES = _a("features", "tables/features.parquet", "parquet", "03_extract", "one row per synapse: metadata + feat_* columns")
 SEED_FEATURES_CSV = _a("seed_features_csv", "tables/{name}", "csv", "03_extract",
                        "the features again under the original tool's file name")
 SKIPPED_FEATURES = _a("skipped_features", "tables/skipped_features.parquet", "parquet", "03_extract",
                       "synapses left out because their mask is empty for the segmentation type", csv=True)
-EXTRACTION = _a("extraction", "tables/extraction.json", "json", "03_extract", "weights, input range, seconds")
+EXTRACTION = _a("extraction", "tables/extraction.json", "json", "03_extract", "weights, input range, device, seconds")
 
 # --- 04_reduce
 EMBEDDINGS = _a("embeddings", "tables/embeddings.parquet", "parquet", "04_reduce", "PCA scores, UMAP and t-SNE coordinates")
@@ -88,7 +102,7 @@ ATTENTION_OVERLAP_SUMMARY = _a("attention_overlap_summary", "tables/attention_ov
 ATTENTION_REGIONS = _a("attention_regions", "tables/attention_regions.parquet", "parquet", "06_attention",
                        "strongest regions of the mean map", csv=True)
 ATTENTION_MAPS = _a("attention_maps", "attention/maps.npz", "npz", "06_attention", "Grad-CAM maps (float16)")
-ATTENTION_META = _a("attention_meta", "attention/attention.json", "json", "06_attention", "target, weights, layers")
+ATTENTION_META = _a("attention_meta", "attention/attention.json", "json", "06_attention", "target, weights, layers, device")
 
 # --- 07_presynapse
 PRESYNAPSE_GROUPS = _a("presynapse_groups", "tables/presynapse_groups.parquet", "parquet", "07_presynapse",

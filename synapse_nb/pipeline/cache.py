@@ -54,9 +54,18 @@ EXTRACTION_KEYS: tuple[str, ...] = (
 )
 #: Parameters that decide the features from the data on: the cubes' and the extraction's.
 FEATURE_KEYS: tuple[str, ...] = CUBE_KEYS + EXTRACTION_KEYS
-STAGE_KEYS = {"cubes": CUBE_KEYS, "features": FEATURE_KEYS}
+#: Parameters that decide self-supervised weights trained on given cubes (02_pretrain): what the
+#: network sees (rendering, input range), the weights it starts from, the part of the trunk
+#: trained, the seed and the training settings (the device does not).
+PRETRAIN_KEYS: tuple[str, ...] = (
+    "segmentation_type", "alpha", "gray_value", "quantize_8bit", "second_minmax", "input_range",
+    "intensity_normalization", "weights_path", "extraction_method", "layer_num", "seed",
+    "pretrain_epochs", "pretrain_batch_size", "pretrain_cube_size", "pretrain_learning_rate",
+    "pretrain_temperature", "pretrain_patience", "pretrain_precision",
+)
+STAGE_KEYS = {"cubes": CUBE_KEYS, "features": FEATURE_KEYS, "pretrain": CUBE_KEYS + PRETRAIN_KEYS}
 #: What decides a stage on top of the stored result it reads (``upstream`` of :func:`content_key`).
-OWN_KEYS = {"cubes": CUBE_KEYS, "features": EXTRACTION_KEYS}
+OWN_KEYS = {"cubes": CUBE_KEYS, "features": EXTRACTION_KEYS, "pretrain": PRETRAIN_KEYS}
 #: Keys naming the data a stage reads: with any of them the key holds :func:`input_fingerprint`.
 INPUT_KEYS = ("raw_dir", "seg_dir", "mask_dir", "table_dir", "bboxes", "dataset")
 ENTRY_MARKER = "entry.json"
@@ -65,7 +74,7 @@ ENTRY_LAYOUT = 2
 #: Version of what a stage's result holds; bumped when the code computing it changes what it
 #: writes (cubes 2: morphometric descriptors and orientation columns in the cube table; features
 #: 2: intensity normalisation and rotation averaging), so entries of older code are not reused.
-RESULT_VERSIONS = {"cubes": 2, "features": 2}
+RESULT_VERSIONS = {"cubes": 2, "features": 2, "pretrain": 1}
 #: Bytes hashed at the start, middle and end of every fingerprinted file (all of a smaller file).
 SAMPLE_BYTES = 64 * 1024
 #: Chunk files of a zarr / N5 store stamped one by one; larger stores are stamped by a sample.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m synapse_nb demo-data | convert-vnc | run <yaml> | sweep <yaml>``."""
+"""Command line: ``python -m synapse_nb demo-data | convert-vnc | run <yaml> | pretrain <yaml> | sweep <yaml>``."""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +6,11 @@ import logging
 import sys
 from typing import Sequence
 
-from ..core.config import ConfigError
+from ..core.config import ConfigError, read_yaml
 from ..core.errors import DataError
 from ..data.demo import DEMO_PRESETS, demo_spec, make_demo_dataset
 from ..data.vnc import VncSettings, convert_vnc
+from . import artifacts as A
 from .runner import RunnerError, RunStopped, run_pipeline
 from .sweep import run_sweep
 
@@ -44,7 +45,27 @@ def _run(args: argparse.Namespace) -> int:
     result = run_pipeline(args.params, run_dir=args.run_dir, reports_root=args.reports_dir, only=args.only, start=args.start)
     for step in result.steps:
         logger.info("%-12s %-6s %6.1f s  %s", step.notebook, step.status, step.seconds, step.html or "")
+    for step, why in result.not_asked.items():
+        logger.info("%-12s %s", step, why)
     logger.info("run directory: %s", result.run.path)
+    return 0
+
+
+#: What the ``pretrain`` command runs: the cubes, then the training (with ``pretrain`` forced on).
+PRETRAIN_STEPS = ("01_load", "02_pretrain")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    values = {**read_yaml(args.params), "pretrain": True}
+    result = run_pipeline(values, run_dir=args.run_dir, reports_root=args.reports_dir, only=list(PRETRAIN_STEPS),
+                          source=f"{args.params} (with pretrain: true)")
+    for step in result.steps:
+        logger.info("%-12s %-6s %6.1f s  %s", step.notebook, step.status, step.seconds, step.html or "")
+    run = result.run
+    weights = run.file(A.PRETRAIN_WEIGHTS)
+    logger.info("pretrained weights: %s", weights)
+    logger.info("to extract with them: set pretrain: true in %s and run 'python -m synapse_nb run %s --run-dir %s "
+                "--from 03_extract', or give weights_path: %s in any parameter file", args.params, args.params, run.path, weights)
     return 0
 
 
@@ -89,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--run-dir", default=None, help="reuse this run directory instead of a new one")
     _step_arguments(run)
     run.set_defaults(func=_run)
+    pre = sub.add_parser("pretrain", help="build the cubes and train the network on them (01_load and 02_pretrain, "
+                         "with pretrain: true whatever the file says); prints where the weights are")
+    pre.add_argument("params", help="YAML parameter file, e.g. parameters/demo_pretrain.yaml")
+    pre.add_argument("--run-dir", default=None, help="reuse this run directory (a killed training resumes there)")
+    pre.add_argument("--reports-dir", default="reports", help="where reports are published (default reports/)")
+    pre.set_defaults(func=_pretrain)
     sweep = sub.add_parser("sweep", help="run every combination of a sweep file (base + grid)")
     sweep.add_argument("spec", help="sweep YAML, e.g. parameters/sweep_segtypes.yaml")
     sweep.add_argument("--sweep-dir", default=None, help="resume this sweep directory (finished combinations are kept)")

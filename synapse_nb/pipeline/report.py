@@ -150,6 +150,7 @@ class RunSummary:
     presynapse: dict = field(default_factory=dict)
     attention: "pd.DataFrame | None" = None
     attention_meta: dict = field(default_factory=dict)
+    extraction_device: str = ""  # where 03_extract computed the features, e.g. 'cpu' or 'cuda:0 (NVIDIA A100)'
 
     def headline(self) -> str:
         n = len(self.frame)
@@ -187,6 +188,7 @@ class RunSummary:
         parts = most_attended_text(self.attention)
         skipped = ", ".join(f"features.{k}" for k in m.get("skipped_layers", {}))
         text = f"Grad-CAM target **{m.get('target')}**; most attended structure per layer: " + (parts or "none") + "."
+        text += f" Grad-CAM ran on {m['device']}." if m.get("device") else ""
         text += f" Skipped (after the feature layer, no gradient): {skipped}." if skipped else ""
         return text + "".join(f"\n\n⚠ {note}" for note in m.get("explained", []))
 
@@ -214,7 +216,11 @@ def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> Ru
     features, emb, clusters = table(A.FEATURES), table(A.EMBEDDINGS), table(A.CLUSTERS)
     skipped = pd.concat([table(A.SKIPPED).assign(step=A.SKIPPED.step),
                          table(A.SKIPPED_FEATURES).assign(step=A.SKIPPED_FEATURES.step)], ignore_index=True)
-    extraction = record(A.EXTRACTION).get("description", "")
+    extraction_record = record(A.EXTRACTION)
+    extraction = extraction_record.get("description", "")
+    device = str(extraction_record.get("device", ""))
+    if extraction and device:
+        extraction += f" Features computed on **{device}**."
     quality = record(A.CLUSTER_QUALITY)
     agreement_df = table(A.AGREEMENT)
     agreement = agreement_df.iloc[0].to_dict() if len(agreement_df) else {}
@@ -232,7 +238,7 @@ def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> Ru
     attention_meta = record(A.ATTENTION_META)
     attention = table(A.ATTENTION_OVERLAP_SUMMARY)
     return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction,
-                      warnings_list, presynapse, attention, attention_meta)
+                      warnings_list, presynapse, attention, attention_meta, device)
 
 
 def _cluster_table(frame: "pd.DataFrame") -> "pd.DataFrame":

@@ -59,6 +59,8 @@ STATUS_NAME = A.STATUS.path
 STOP_SIGNAL = signal.SIGUSR1
 #: How often a stop request re-interrupts the kernel (a cell may be between statements).
 INTERRUPT_EVERY_S = 1.0
+#: Step state of an optional step the parameters did not ask for (see :func:`asked_steps`).
+NOT_ASKED = "not asked"
 
 
 class RunnerError(RuntimeError):
@@ -83,6 +85,8 @@ class StepResult:
 class RunResult:
     run: Run
     steps: list[StepResult] = field(default_factory=list)
+    #: optional steps the parameters did not ask for (step -> why), recorded as "not asked"
+    not_asked: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -178,6 +182,21 @@ def select_steps(only: Sequence[str] | None = None, start: str | None = None) ->
     return steps
 
 
+def asked_steps(steps: Sequence[str], cfg: C.Config) -> tuple[list[str], dict[str, str]]:
+    """The ``steps`` the parameters ask for, and the optional ones they do not ask for with why
+    (:data:`synapse_nb.pipeline.artifacts.OPTIONAL_STEPS`: ``02_pretrain`` runs only with
+    ``pretrain: true``). The runner, the CLI and the control panel all split steps here."""
+    run: list[str] = []
+    not_asked: dict[str, str] = {}
+    for step in steps:
+        key = A.OPTIONAL_STEPS.get(step)
+        if key is not None and not getattr(cfg, key):
+            not_asked[step] = f"not asked for ({key} is false)"
+        else:
+            run.append(step)
+    return run, not_asked
+
+
 def run_pipeline(
     values: Mapping[str, Any] | str | Path,
     run_dir: str | Path | None = None,
@@ -187,37 +206,49 @@ def run_pipeline(
     start: str | None = None,
     cell_timeout: int = 1800,
     stop: threading.Event | None = None,
+    *,
+    source: str | None = None,
 ) -> RunResult:
     """Run the pipeline notebooks into a run directory and export each one to HTML.
 
-    ``values`` is a flat parameter mapping or a YAML file of one. A failing notebook stops
-    the run (later steps need its output); its executed copy and HTML are kept. Setting
-    ``stop`` (or :data:`STOP_SIGNAL` when none is given) ends the run with
-    :class:`RunStopped` after interrupting the running notebook.
+    ``values`` is a flat parameter mapping or a YAML file of one (``source`` names a mapping's
+    origin in messages). Optional steps the parameters do not ask for (:func:`asked_steps`) are
+    recorded as "not asked" and skipped. A failing notebook stops the run (later steps need
+    its output); its executed copy and HTML are kept. Setting ``stop`` (or
+    :data:`STOP_SIGNAL` when none is given) ends the run with :class:`RunStopped` after
+    interrupting the running notebook.
     """
     if stop is not None:
-        return _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_timeout, stop)
+        return _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_timeout, stop, source)
     stop = threading.Event()
     with stop_on_signal(stop):
-        return _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_timeout, stop)
+        return _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_timeout, stop, source)
 
 
-def _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_timeout, stop: threading.Event) -> RunResult:
+def _run_pipeline(values, run_dir, runs_root, reports_root, only, start, cell_timeout, stop: threading.Event,
+                  source: str | None = None) -> RunResult:
     import papermill
 
     root = find_project_root()
     if root is None:
         raise RunnerError("cannot find the project folder (with pyproject.toml and notebooks/): run from inside it")
-    source = str(values) if isinstance(values, (str, Path)) else "parameters"
+    source = source or (str(values) if isinstance(values, (str, Path)) else "parameters")
     values = C.read_yaml(values) if isinstance(values, (str, Path)) else dict(values)
-    steps = select_steps(only, start)
-    cfg, per_step = plan_parameters(values, steps, root, source)
+    selected = select_steps(only, start)
+    cfg, per_step = plan_parameters(values, selected, root, source)
+    steps, not_asked = asked_steps(selected, cfg)
+    if not steps:
+        keys = [A.OPTIONAL_STEPS[s] for s in not_asked]
+        raise RunnerError(f"nothing to run: {', '.join(not_asked)} runs only when {' and '.join(keys)} is true, and "
+                          f"{source} leaves it false; set {keys[0]}: true (or use the command 'python -m synapse_nb pretrain')")
     refuse_unservable(cfg, steps, root, source)
-    run, status = _start_run(cfg, steps, source, run_dir, runs_root, reports_root, root)
+    run, status = _start_run(cfg, steps, source, run_dir, runs_root, reports_root, root, not_asked)
     logger.info("run %s: steps %s with %s", run.path, ", ".join(steps), source)
+    for step, why in not_asked.items():
+        logger.info("step %s skipped: %s", step, why)
     os.environ[BATCH_ENV] = "1"
     os.environ.setdefault("NUMBA_CACHE_DIR", str(root / ".numba_cache"))
-    result = RunResult(run)
+    result = RunResult(run, not_asked=not_asked)
     try:
         bar = progress(steps, desc="pipeline", unit="notebook", file=sys.stderr)
         for step in bar:
@@ -295,7 +326,8 @@ def check_run_dir(
     return path
 
 
-def _start_run(cfg: C.Config, steps: Sequence[str], source: str, run_dir, runs_root, reports_root, root: Path) -> tuple[Run, RunStatus]:
+def _start_run(cfg: C.Config, steps: Sequence[str], source: str, run_dir, runs_root, reports_root, root: Path,
+               not_asked: Mapping[str, str] | None = None) -> tuple[Run, RunStatus]:
     """Create (or reuse) the run directory and record parameters, versions and status.
 
     Nothing is written before the run directory is known to be safe; a folder that cannot be
@@ -308,7 +340,7 @@ def _start_run(cfg: C.Config, steps: Sequence[str], source: str, run_dir, runs_r
         run.attach_log()
         C.save_config(cfg, run.file(A.PARAMS))
         run.save_versions()
-        return run, RunStatus(run.path, steps, source)
+        return run, RunStatus(run.path, steps, source, not_asked=not_asked)
     except RunError as exc:
         raise RunnerError(str(exc)) from None
     except OSError as exc:
@@ -491,11 +523,14 @@ class RunStatus:
     """Writes ``status.json``: the run's state and each step's, rewritten atomically on change.
 
     Reusing a run directory merges: steps not run this time keep their earlier records (a
-    rerun of one step must not make the others look as if they never ran). The runner's pid
-    and its start time are recorded so that a killed runner reads as "interrupted".
+    rerun of one step must not make the others look as if they never ran). Optional steps
+    the parameters did not ask for (``not_asked``: step -> why) are recorded as "not asked".
+    The runner's pid and its start time are recorded so that a killed runner reads as
+    "interrupted".
     """
 
-    def __init__(self, run_path: Path, steps: Sequence[str], source: str = "") -> None:
+    def __init__(self, run_path: Path, steps: Sequence[str], source: str = "",
+                 not_asked: Mapping[str, str] | None = None) -> None:
         self.path = Path(run_path) / STATUS_NAME
         self.run_path = Path(run_path)
         before = read_status(run_path).get("step_status")
@@ -509,6 +544,7 @@ class RunStatus:
                 if entry.get("status") in ("pending", "running"):  # left by a runner that was killed
                     entry["status"] = "not run" if entry["status"] == "pending" else "interrupted"
                 records[name] = entry
+        records.update({s: {"status": NOT_ASKED, "reason": why} for s, why in (not_asked or {}).items()})
         records.update({s: {"status": "pending"} for s in steps})
         order = {s: i for i, s in enumerate(PIPELINE)}
         self.data: dict[str, Any] = {

@@ -39,7 +39,7 @@ NOTEBOOK_SECTION = "notebook display"
 OUTPUT_DIRS = ("cache_dir",)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml$")
 #: Parameter files shipped with the project: Save never replaces them (compared ignoring case).
-SHIPPED_FILES = ("demo.yaml", "ci.yaml", "vnc.yaml", "sweep_segtypes.yaml", "dataset_example.yaml")
+SHIPPED_FILES = ("demo.yaml", "ci.yaml", "vnc.yaml", "sweep_segtypes.yaml", "dataset_example.yaml", "demo_pretrain.yaml")
 
 
 def message_html(text: str, kind: str = "error") -> str:

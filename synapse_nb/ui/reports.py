@@ -16,7 +16,8 @@ from ..pipeline import runner
 from ..pipeline.runs import RUN_PREFIX
 from .form import message_html, set_options
 
-STATE_ICONS = {"ok": "✔", "failed": "✘", "stopped": "■", "interrupted": "◪", "running": "▶", "pending": "·", "not run": "–"}
+STATE_ICONS = {"ok": "✔", "failed": "✘", "stopped": "■", "interrupted": "◪", "running": "▶", "pending": "·", "not run": "–",
+               "not asked": "○"}
 SWEEP_PREFIX = "sweep_"
 
 

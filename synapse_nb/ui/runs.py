@@ -104,7 +104,7 @@ class StepRow:
             self.bar.value = self.bar.max
         elif state == "running" or (state in ("failed", "stopped") and total):
             self.bar.value = min(done, self.bar.max)
-        elif state in ("pending", "not run"):
+        elif state in ("pending", "not run", runner.NOT_ASKED):
             self.bar.value = 0
         self.bar.bar_style = BAR_STYLES.get(state, "")
         extra = f" {seconds:.1f} s" if seconds is not None else (f" cell {done}/{total}" if state == "running" and total else "")
@@ -199,6 +199,7 @@ class RunController:
         steps = runner.select_steps()
         source = "the panel's parameters"
         cfg, _ = runner.plan_parameters(values, steps, self.root, source)  # fail here, not in the log
+        steps, _ = runner.asked_steps(steps, cfg)  # 02_pretrain only when pretrain is on
         runner.refuse_unservable(cfg, steps, self.root, source, memo=self.form.datasets)  # before any folder exists
         run = self._new_folder("run_")
         request = atomic.write_text(run / REQUEST_NAME, yaml.safe_dump(values, sort_keys=False))
