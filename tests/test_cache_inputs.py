@@ -167,7 +167,7 @@ def test_entries_of_an_older_layout_are_rebuilt(tmp_path):
     assert len(calls) == 2
 
 
-def test_features_key_follows_the_run_cubes_not_the_02_parameters(tmp_path, monkeypatch):
+def test_features_key_follows_the_run_cubes_not_the_03_parameters(tmp_path, monkeypatch):
     """03_extract's parameters hold no cube settings: the run's cubes must decide the features key."""
     cache_dir = tmp_path / "cache"
     runs = []
@@ -180,7 +180,7 @@ def test_features_key_follows_the_run_cubes_not_the_02_parameters(tmp_path, monk
         runs.append(run)
     computed = []
 
-    def fake_features(cubes, model, info, cfg, progress=True):
+    def fake_features(cubes, model, info, cfg, progress=True, **_):
         computed.append(cubes)
         frame = pd.DataFrame({"bbox": ["b"], "feat_0": [float(len(computed))]})
         return FeatureResult(frame, pd.DataFrame({"bbox": []}), "x.csv", "fake", 0.0)
@@ -278,7 +278,7 @@ def test_load_cubes_says_the_cache_entry_is_gone(tmp_path):
 def test_features_of_cubes_the_run_does_not_hold_are_not_cached(tmp_path, monkeypatch):
     calls = []
 
-    def fake_features(cubes, model, info, cfg, progress=True):
+    def fake_features(cubes, model, info, cfg, progress=True, **_):
         calls.append(cubes)
         return FeatureResult(pd.DataFrame({"feat_0": [1.0]}), pd.DataFrame({"bbox": []}), "x.csv", "fake", 0.0)
 

@@ -102,6 +102,14 @@ def test_a_new_config_key_gets_a_widget_from_its_type():
     f = field_for("layers", ints)
     f.widget.value = "3, 20,27"
     assert f.get() == [3, 20, 27] and "ints" in f.help.value
+    # a bounded float becomes a 0.01-step slider, unless its default is finer than the step
+    coarse = FieldInfo.from_annotated_attribute(float, PField(0.5, ge=0.0, le=1.0, description="share"))
+    fine = FieldInfo.from_annotated_attribute(float, PField(1e-3, gt=0.0, le=1.0, description="learning rate"))
+    assert isinstance(field_for("share", coarse).widget, W.FloatSlider)
+    rate = field_for("rate", fine)
+    assert isinstance(rate.widget, W.FloatText)
+    rate.set(1e-3)
+    assert rate.get() == 1e-3
 
 
 def test_widget_values_make_the_config(panel):

@@ -108,7 +108,11 @@ def field_for(key: str, info) -> Field:
             return Field(key, "int", W.IntSlider(min=int(lo), max=int(hi), step=SLIDER_STEPS.get(key, 1), **common), desc)
         return Field(key, "int", W.IntText(**common), desc)
     if ann is float:
-        if lo is not None and hi is not None:
+        default = info.default if isinstance(info.default, (int, float)) else None
+        # a slider snaps to its 0.01 step: a default finer than that (a learning rate of 0.001)
+        # would be moved to another value (or to an invalid 0) the first time it is shown
+        on_step = default is None or abs(round(default / 0.01) * 0.01 - default) < 1e-12
+        if lo is not None and hi is not None and on_step:
             return Field(key, "float", W.FloatSlider(min=float(lo), max=float(hi), step=0.01, readout_format=".2f", **common), desc)
         return Field(key, "float", W.FloatText(**common), desc)
     if origin is list:
