@@ -203,15 +203,86 @@ def pretrain(
     epoch + the training record) and ``history.csv``. Calling again with the same settings
     resumes (or returns at once when the run is complete); other settings are refused.
     ``on_epoch(epoch, loss, seconds)`` is called after each epoch is saved.
-
-    Schedule: AdamW with a cosine decay of the learning rate over ``epochs`` to 1% of it,
-    stepped per epoch; it has no knob beyond the epochs and ends at a small rate, so the last
-    weights (those saved) have settled. The weights of the last epoch are kept, not of the
-    best: the loss is a noisy estimate (new views every epoch) and its minimum is not a
-    better model. Their BatchNorm statistics are measured afresh on the plain cubes
-    (:func:`calibrated_trunk_state`, one forward pass per epoch), since extraction uses them.
     """
     out = Path(out_dir).expanduser()
+    n, shape, size, upto = _check_cubes(cubes, settings)
+    init_text = None if init_weights is None else str(Path(init_weights).expanduser())
+    fingerprint, decided = _fingerprint(settings, init_text, n, shape)
+    dev = resolve_device(device)
+    t = _start(settings, init_text, upto, dev)
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        _resume(t, state_path, fingerprint, decided)
+        logger.info("resuming pretraining in %s after epoch %d of %d", out, len(t.history), settings.epochs)
+    resumed_from = len(t.history)
+    record = dict(
+        settings=settings, fingerprint=fingerprint, decided=decided, n=n, shape=shape, size=size, upto=upto,
+        init_text=init_text, describe_data=describe_data, device=describe_device(dev),
+    )
+    transform = build_transform(settings.augment, size)
+
+    def calibrate() -> dict[str, torch.Tensor]:
+        return calibrated_trunk_state(t.encoder, cubes, size=size, input_range=settings.input_range, batch_size=settings.batch_size)
+
+    t.encoder.train()
+    for epoch in range(len(t.history), settings.epochs):
+        if t.stale >= settings.patience:
+            break
+        t0 = time.perf_counter()
+        lr = float(t.optimizer.param_groups[0]["lr"])
+        epoch_loss = _run_epoch(t, cubes, settings, epoch=epoch, size=size, transform=transform, progress=progress)
+        t.scheduler.step()
+        seconds = time.perf_counter() - t0
+        t.history.append({"epoch": epoch + 1, "loss": epoch_loss, "seconds": seconds, "lr": lr})
+        if not math.isfinite(t.best) or epoch_loss < t.best - settings.min_delta * abs(t.best):
+            t.best, t.best_epoch, t.stale = epoch_loss, epoch + 1, 0
+        else:
+            t.stale += 1
+        _save_epoch(t, out, record, calibrate)
+        logger.info("pretraining epoch %d/%d: loss %.4f, %.1f s", epoch + 1, settings.epochs, epoch_loss, seconds)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epoch_loss, seconds)
+
+    if not t.history:  # epochs >= 1, so only a stale state with patience 0 gets here
+        raise DataError(f"{state_path} holds no finished epoch and patience is 0; delete it or raise patience")
+    stop_reason = _stop_reason(settings, t.history, t.stale, t.best, t.best_epoch)
+    metadata = _metadata(record, t.history, t.best, t.best_epoch, t.stale, stop_reason)
+    weights_path = out / WEIGHTS_FILE
+    if not weights_path.is_file() or len(t.history) == resumed_from:
+        # a finished run called again (or its weights deleted): the record reflects the call's patience
+        _save_weights(weights_path, calibrate(), metadata)
+        _save_history(out / HISTORY_FILE, t.history)
+    return PretrainResult(
+        history=pd.DataFrame(t.history, columns=list(HISTORY_COLUMNS)),
+        weights_path=weights_path,
+        state_path=state_path,
+        metadata=metadata,
+        stopped_early=t.stale >= settings.patience and len(t.history) < settings.epochs,
+        stop_reason=stop_reason,
+        device=describe_device(dev),
+        resumed_from=resumed_from,
+    )
+
+
+def _save_epoch(t: "_Training", out: Path, record: dict[str, Any], calibrate: Callable[[], dict[str, torch.Tensor]]) -> None:
+    """After every epoch: the state to resume from, the weights so far and the history.
+
+    The weights of the last epoch are kept, not of the best: the loss is a noisy estimate (new
+    views every epoch) and its minimum is not a better model. Their BatchNorm statistics are
+    measured afresh on the plain cubes (``calibrate``, one forward pass), since extraction
+    uses them.
+    """
+    settings = record["settings"]
+    _save_state(out / STATE_FILE, t.encoder, t.optimizer, t.scheduler, t.scaler, t.history, t.best, t.best_epoch, t.stale,
+                record["fingerprint"], record["decided"])
+    metadata = _metadata(record, t.history, t.best, t.best_epoch, t.stale,
+                         _stop_reason(settings, t.history, t.stale, t.best, t.best_epoch))
+    _save_weights(out / WEIGHTS_FILE, calibrate(), metadata)
+    _save_history(out / HISTORY_FILE, t.history)
+
+
+def _check_cubes(cubes: CubeSource, settings: PretrainSettings) -> tuple[int, tuple[int, ...], int, int]:
+    """Number of cubes, their shape, the edge trained at and the last trained module, checked."""
     n = len(cubes)
     if n < 2:
         raise DataError(f"pretraining needs at least 2 synapses (the others are each one's negatives), got {n}")
@@ -226,11 +297,33 @@ def pretrain(
     need = layer_downscale(upto)
     if size < 2 * need:
         raise ValueError(f"cube_size {size} is too small for training up to features.{upto}: use >= {2 * need}")
-    init_text = None if init_weights is None else str(Path(init_weights).expanduser())
-    fingerprint, decided = _fingerprint(settings, init_text, n, shape)
-    dev = resolve_device(device)
-    amp_dtype = mixed_precision_dtype(dev, settings.precision)
+    return n, shape, size, upto
 
+
+@dataclass
+class _Training:
+    """What one training run updates epoch by epoch (and what a resume restores)."""
+
+    encoder: ContrastiveEncoder
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    device: torch.device
+    layout: torch.memory_format
+    amp_dtype: torch.dtype | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float = math.inf
+    best_epoch: int = 0
+    stale: int = 0
+
+
+def _start(settings: PretrainSettings, init_text: str | None, upto: int, dev: torch.device) -> _Training:
+    """The encoder (from seeded random weights or a checkpoint), its optimizer and schedule.
+
+    AdamW with a cosine decay of the learning rate over ``epochs`` to 1% of it, stepped per
+    epoch: no knob beyond the epochs, and it ends at a small rate, so the last weights (those
+    kept) have settled.
+    """
     model, info = build_model(init_text, seed=settings.seed, warn_random=False)
     logger.info("pretraining starts from %s", info.description() if init_text else f"seeded random weights (seed {settings.seed})")
     if model.has_head:  # fine-tuning a checkpoint with a classifier: features only
@@ -253,110 +346,63 @@ def pretrain(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs, eta_min=settings.learning_rate * 0.01)
+    amp_dtype = mixed_precision_dtype(dev, settings.precision)
     scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
+    return _Training(encoder, optimizer, scheduler, scaler, dev, layout, amp_dtype)
 
-    history: list[dict[str, float]] = []
-    best, best_epoch, stale = math.inf, 0, 0
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        state = _load_state(state_path)
-        if state.get("fingerprint") != fingerprint:
-            diff = _differences(state.get("decided", {}), decided)
-            raise DataError(
-                f"{state_path} belongs to a pretraining run with other settings ({'; '.join(diff[:4]) or 'unknown'}); "
-                "use another out_dir for these settings, or delete that file to start over"
-            )
-        encoder.load_state_dict(state["encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = [dict(h) for h in state["history"]]
-        best, best_epoch, stale = float(state["best_loss"]), int(state["best_epoch"]), int(state["stale_epochs"])
-        logger.info("resuming pretraining in %s after epoch %d of %d", out, len(history), settings.epochs)
-    resumed_from = len(history)
 
-    record = dict(
-        settings=settings, fingerprint=fingerprint, decided=decided, n=n, shape=shape, size=size, upto=upto,
-        init_text=init_text, describe_data=describe_data, device=describe_device(dev),
-    )
-    transform = build_transform(settings.augment, size)
+def _resume(t: _Training, state_path: Path, fingerprint: str, decided: dict[str, Any]) -> None:
+    """Restore a run from its state file; refuse one written with other settings."""
+    state = _load_state(state_path)
+    if state.get("fingerprint") != fingerprint:
+        diff = _differences(state.get("decided", {}), decided)
+        raise DataError(
+            f"{state_path} belongs to a pretraining run with other settings ({'; '.join(diff[:4]) or 'unknown'}); "
+            "use another out_dir for these settings, or delete that file to start over"
+        )
+    t.encoder.load_state_dict(state["encoder"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    t.history = [dict(h) for h in state["history"]]
+    t.best, t.best_epoch, t.stale = float(state["best_loss"]), int(state["best_epoch"]), int(state["stale_epochs"])
 
-    def calibrate() -> dict[str, torch.Tensor]:
-        return calibrated_trunk_state(encoder, cubes, size=size, input_range=settings.input_range, batch_size=settings.batch_size)
 
-    encoder.train()
-    stop_reason = ""
-    for epoch in range(len(history), settings.epochs):
-        if stale >= settings.patience:
-            break
-        t0 = time.perf_counter()
-        lr = float(optimizer.param_groups[0]["lr"])
-        total = 0.0
-        bar = progress_bar(total=n, desc=f"pretrain epoch {epoch + 1}/{settings.epochs}", enabled=progress, unit="syn")
-        with bar:
-            for b, idx in enumerate(_batches(n, settings.batch_size, settings.seed, epoch)):
-                x = resample_cubes(_read(cubes, idx), size)
-                v1, v2 = two_views(x, settings.augment, seed=settings.seed, epoch=epoch, batch=b, transform=transform)
-                views = torch.cat([v1, v2]).unsqueeze(1)
-                if settings.input_range == "-1_1":
-                    views = views * 2.0 - 1.0
-                views = views.to(dev).contiguous(memory_format=layout)
-                with autocast(dev, settings.precision):
-                    z = encoder(views)
-                loss = nt_xent_loss(z[: len(idx)].float(), z[len(idx):].float(), settings.temperature)
-                if not torch.isfinite(loss):
-                    raise DataError(
-                        f"pretraining loss became {float(loss)} in epoch {epoch + 1}, batch {b + 1}: "
-                        "lower learning_rate" + (" or use precision float32" if amp_dtype is not None else "")
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                bar.update(len(idx))
-                bar.set_postfix(loss=f"{total / max(1, bar.n):.3f}")
-        scheduler.step()
-        epoch_loss = total / n
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "loss": epoch_loss, "seconds": seconds, "lr": lr})
-        improved = not math.isfinite(best) or epoch_loss < best - settings.min_delta * abs(best)
-        if improved:
-            best, best_epoch, stale = epoch_loss, epoch + 1, 0
-        else:
-            stale += 1
-        _save_state(state_path, encoder, optimizer, scheduler, scaler, history, best, best_epoch, stale, fingerprint, decided)
-        metadata = _metadata(record, history, best, best_epoch, stale, _stop_reason(settings, history, stale, best, best_epoch))
-        _save_weights(out / WEIGHTS_FILE, calibrate(), metadata)
-        _save_history(out / HISTORY_FILE, history)
-        logger.info("pretraining epoch %d/%d: loss %.4f, %.1f s", epoch + 1, settings.epochs, epoch_loss, seconds)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, epoch_loss, seconds)
-
-    if not history:  # epochs >= 1, so only a stale state with patience 0 gets here
-        raise DataError(f"{state_path} holds no finished epoch and patience is 0; delete it or raise patience")
-    stop_reason = _stop_reason(settings, history, stale, best, best_epoch)
-    metadata = _metadata(record, history, best, best_epoch, stale, stop_reason)
-    weights_path = out / WEIGHTS_FILE
-    if not weights_path.is_file() or len(history) == resumed_from:
-        # a finished run called again (or its weights deleted): the record reflects the call's patience
-        _save_weights(weights_path, calibrate(), metadata)
-        _save_history(out / HISTORY_FILE, history)
-    return PretrainResult(
-        history=pd.DataFrame(history, columns=list(HISTORY_COLUMNS)),
-        weights_path=weights_path,
-        state_path=state_path,
-        metadata=metadata,
-        stopped_early=stale >= settings.patience and len(history) < settings.epochs,
-        stop_reason=stop_reason,
-        device=describe_device(dev),
-        resumed_from=resumed_from,
-    )
+def _run_epoch(t: _Training, cubes: CubeSource, settings: PretrainSettings, *, epoch: int, size: int,
+               transform: Any, progress: bool) -> float:
+    """One pass over the cubes in seeded batches of two views each; returns the mean loss."""
+    n = len(cubes)
+    total = 0.0
+    bar = progress_bar(total=n, desc=f"pretrain epoch {epoch + 1}/{settings.epochs}", enabled=progress, unit="syn")
+    with bar:
+        for b, idx in enumerate(_batches(n, settings.batch_size, settings.seed, epoch)):
+            x = resample_cubes(_read(cubes, idx), size)
+            v1, v2 = two_views(x, settings.augment, seed=settings.seed, epoch=epoch, batch=b, transform=transform)
+            views = torch.cat([v1, v2]).unsqueeze(1)
+            if settings.input_range == "-1_1":
+                views = views * 2.0 - 1.0
+            views = views.to(t.device).contiguous(memory_format=t.layout)
+            with autocast(t.device, settings.precision):
+                z = t.encoder(views)
+            loss = nt_xent_loss(z[: len(idx)].float(), z[len(idx):].float(), settings.temperature)
+            if not torch.isfinite(loss):
+                raise DataError(
+                    f"pretraining loss became {float(loss)} in epoch {epoch + 1}, batch {b + 1}: "
+                    "lower learning_rate" + (" or use precision float32" if t.amp_dtype is not None else "")
+                )
+            t.optimizer.zero_grad(set_to_none=True)
+            if t.scaler is not None:
+                t.scaler.scale(loss).backward()
+                t.scaler.step(t.optimizer)
+                t.scaler.update()
+            else:
+                loss.backward()
+                t.optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{total / max(1, bar.n):.3f}")
+    return total / n
 
 
 def _stop_reason(settings: PretrainSettings, history: list[dict[str, float]], stale: int, best: float, best_epoch: int) -> str:
