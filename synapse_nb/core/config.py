@@ -97,7 +97,7 @@ class Config(BaseModel):
     pretrain: bool = Field(False, description="train the network on this run's synapses first (contrastive, SimCLR) and extract features with those weights")
     pretrain_epochs: int = Field(40, ge=1, le=10000, description="most training epochs (training stops earlier when the loss stops improving)")
     pretrain_batch_size: int = Field(16, ge=2, le=1024, description="synapses per training batch (each seen as two augmented views)")
-    pretrain_cube_size: int = Field(32, ge=0, le=512, description="train on cubes resampled to this edge (same field of view, fewer voxels; 0 = the cube size); cost grows with its cube: on 2 CPU cores an epoch of 100 synapses takes about 10 s at 16, 35 s at 32 and 17 min at 80")
+    pretrain_cube_size: int = Field(32, ge=0, le=512, description="train on cubes resampled to this edge (same field of view, fewer voxels; 0 = the cube size); cost grows with its cube: on 2 CPU cores an epoch of 100 synapses takes about 15 s at 16, 35-50 s at 32, 3.5 min at 48 and 17 min at 80")
     pretrain_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate (cosine schedule)")
     pretrain_temperature: float = Field(0.2, gt=0.0, le=10.0, description="NT-Xent temperature")
     pretrain_patience: int = Field(8, ge=1, le=1000, description="stop after this many epochs without a better loss")
