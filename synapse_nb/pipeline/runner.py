@@ -383,6 +383,10 @@ def _run_step(papermill, run: Run, step: str, params: dict[str, Any], root: Path
                 )
         except papermill.PapermillExecutionError as exc:
             error = _one_line(f"{exc.ename}: {exc.evalue}")
+            if stop.is_set() and not exc.evalue and exc.ename == "CellExecutionError":
+                # the interrupt landed where the cell left no error output (papermill then names
+                # no exception): the stop that was asked for is the reason
+                error = "KeyboardInterrupt: stopped on request"
         except Exception as exc:  # noqa: BLE001 - every way a notebook can end becomes the step's one-line reason
             error = _execution_problem(step, exc, cell_timeout)
         if not error:
