@@ -139,7 +139,7 @@ def rotation(view, cfg, weights: Path | None, cube: int) -> pd.DataFrame:
             base = features(src.numpy(), model, info, cfg)
             spread = float(np.median(pdist(base)))
             for axis in (0, 1, 2):
-                turned = features(rotate_cube(src, 1, axis).numpy(), model, info, cfg)
+                turned = features(torch.stack([rotate_cube(c, 1, axis) for c in src]).numpy(), model, info, cfg)
                 cos = np.sum(base * turned, 1) / (np.linalg.norm(base, axis=1) * np.linalg.norm(turned, axis=1))
                 dist = np.linalg.norm(base - turned, axis=1) / spread
                 rows.append({"weights": label, "cubes": "80^3" if resample is None else f"resampled {resample}^3",
