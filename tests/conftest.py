@@ -9,6 +9,23 @@ from typing import Any
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(folder: Path) -> Path:
+    """The project's notebooks and ci.yaml in ``folder/proj`` (a pyproject marks it a project):
+    a working directory where a test can run or break steps without touching the repository."""
+    import shutil
+
+    from synapse_nb.pipeline import runner
+
+    proj = folder / "proj"
+    (proj / "notebooks").mkdir(parents=True)
+    (proj / "parameters").mkdir()
+    for step in runner.PIPELINE:
+        shutil.copy(PROJECT_ROOT / "notebooks" / f"{step}.ipynb", proj / "notebooks")
+    shutil.copy(PROJECT_ROOT / "parameters" / "ci.yaml", proj / "parameters")
+    (proj / "pyproject.toml").write_text("[project]\nname = 'copy'\n")
+    return proj
 REALDATA = PROJECT_ROOT.parent / "shared" / "realdata"
 # numba kernels (UMAP, pynndescent) compiled by tests in this process are kept where the runner
 # and the notebooks keep theirs (before numba is imported, which reads it once)

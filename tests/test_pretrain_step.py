@@ -19,7 +19,7 @@ from synapse_nb.pipeline import cache, runner, steps
 from synapse_nb.pipeline.cli import PRETRAIN_STEPS, main
 from synapse_nb.pipeline.runs import Run, RunError
 
-from .conftest import PROJECT_ROOT
+from .conftest import copy_project
 from .test_runner_faults import FakePapermill
 
 CI = "parameters/ci.yaml"
@@ -29,13 +29,7 @@ WITHOUT_02 = [s for s in runner.PIPELINE if s != "02_pretrain"]
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """The project's notebooks and ci.yaml in a throw-away working directory."""
-    proj = tmp_path / "proj"
-    (proj / "notebooks").mkdir(parents=True)
-    (proj / "parameters").mkdir()
-    for step in runner.PIPELINE:
-        shutil.copy(PROJECT_ROOT / "notebooks" / f"{step}.ipynb", proj / "notebooks")
-    shutil.copy(PROJECT_ROOT / "parameters" / "ci.yaml", proj / "parameters")
-    (proj / "pyproject.toml").write_text("[project]\nname = 'copy'\n")
+    proj = copy_project(tmp_path)
     monkeypatch.chdir(proj)
     return proj
 

@@ -11,7 +11,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from synapse_nb.pipeline import runner
 from synapse_nb.pipeline.cli import main
 
-from .conftest import PROJECT_ROOT
+from .conftest import copy_project
 
 CI = "parameters/ci.yaml"
 PLAIN = "parameters/plain.yaml"
@@ -31,15 +30,9 @@ PLAIN = "parameters/plain.yaml"
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A copy of the project's notebooks and ci.yaml in a folder that is the working directory."""
-    proj = tmp_path / "proj"
-    (proj / "notebooks").mkdir(parents=True)
-    (proj / "parameters").mkdir()
-    for step in runner.PIPELINE:
-        shutil.copy(PROJECT_ROOT / "notebooks" / f"{step}.ipynb", proj / "notebooks")
-    shutil.copy(PROJECT_ROOT / "parameters" / "ci.yaml", proj / "parameters")
+    proj = copy_project(tmp_path)
     plain = [ln for ln in (proj / CI).read_text().splitlines() if not ln.startswith("n_preview")]
     (proj / PLAIN).write_text("\n".join(plain) + "\n")  # no display key: any step can run it alone
-    (proj / "pyproject.toml").write_text("[project]\nname = 'copy'\n")
     monkeypatch.chdir(proj)
     return proj
 
