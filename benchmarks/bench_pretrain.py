@@ -37,7 +37,8 @@ from bench_morphology import clustered, config_for  # noqa: E402
 from synapse_nb.cubes.rendering import RenderSettings  # noqa: E402
 from synapse_nb.data.datasets import open_dataset  # noqa: E402
 from synapse_nb.features.checkpoint import build_model  # noqa: E402
-from synapse_nb.features.extract import FeatureExtractor, _bf16_is_native, features_frame, rotate_cube  # noqa: E402
+from synapse_nb.features.devices import cpu_has_native_bf16  # noqa: E402
+from synapse_nb.features.extract import FeatureExtractor, features_frame, rotate_cube  # noqa: E402
 from synapse_nb.pipeline.steps import make_cubes  # noqa: E402
 from synapse_nb.training import PretrainSettings, ResampledCubes, pretrain, upto_for  # noqa: E402
 
@@ -78,7 +79,7 @@ def cost(view, cfg, work: Path) -> pd.DataFrame:
     for size in (80, 48, 32):
         for precision in ("float32", "bfloat16"):
             n = 16 if precision == "float32" else 4
-            if precision == "bfloat16" and size != 32 and not _bf16_is_native():
+            if precision == "bfloat16" and size != 32 and not cpu_has_native_bf16():
                 rows.append({"cube": f"{size}^3", "precision": precision, "synapses timed": 0})
                 continue  # emulated bf16 takes hours here; its 32^3 row shows the ratio
             s = settings_for(cfg, epochs=1, cube=size, precision=precision, batch=n)

@@ -9,7 +9,7 @@ from .checkpoint import (
     check_state_dict,
     load_checkpoint,
 )
-from .devices import DEVICE_CHOICES, DeviceError, autocast, describe_device, resolve_device
+from .devices import DEVICE_CHOICES, DeviceError, autocast, cpu_has_native_bf16, describe_device, resolve_device
 from .extract import (
     ROTATIONS,
     CubeSource,
@@ -33,6 +33,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "DeviceError",
     "autocast",
+    "cpu_has_native_bf16",
     "describe_device",
     "resolve_device",
     "ROTATIONS",

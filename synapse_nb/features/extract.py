@@ -53,7 +53,7 @@ from ..core.layers import (
 from ..core.errors import DataError
 from ..cubes.rendering import describe_synapse
 from .checkpoint import ModelInfo, check_finite
-from .devices import autocast, describe_device, mixed_precision_dtype, resolve_device
+from .devices import autocast, cpu_has_native_bf16, describe_device, mixed_precision_dtype, resolve_device
 from .inference import InferenceTrunk, reuse_large_allocations
 from .vgg3d import VGG3D
 
@@ -131,22 +131,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _bf16_is_native() -> bool:
-    """True if the CPU has bf16 dot-product instructions (otherwise oneDNN emulates bf16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:  # not Linux: trust oneDNN's own (looser) check
-        pass
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover
-        return False
 
 
 class FeatureExtractor:
@@ -233,7 +217,7 @@ class FeatureExtractor:
         if kind == "cpu":
             if self.precision == "bfloat16":
                 isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-                if not _bf16_is_native():
+                if not cpu_has_native_bf16():
                     logger.warning("bfloat16 requested but this CPU has no native bf16 support: it may be slower than float32")
                 elif isa and "BF16" not in isa and "AMX" not in isa and isa not in ("ALL", "DEFAULT", "AVX10_1_512"):
                     logger.warning("bfloat16 requested but ONEDNN_MAX_CPU_ISA=%s hides the bf16 kernels: expect it to be slow", isa)
