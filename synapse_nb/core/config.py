@@ -126,6 +126,29 @@ class Config(BaseModel):
     dataset: str = Field("", description="dataset description YAML (parameters/dataset_*.yaml); when set it replaces raw_dir, seg_dir, mask_dir, table_dir, voxel_size_nm and label_table")
     target_voxel_nm: float = Field(8.0, ge=0.0, description="isotropic voxel (nm) cubes are resampled to when the data's voxel differs; 0 = never resample")
 
+    # --- connectome scale ---
+    connectome: str = Field("", description="connectome description YAML (a synapse table of any size, chunked raw / segmentation / cleft layers, agglomerates; parameters/connectome_example.yaml); when set, the run samples synapses from it and replaces dataset, raw_dir ... and bboxes")
+    sample_policy: Literal["all", "random", "stratified", "per_axon"] = Field(
+        "random", description="which synapses of the connectome a run builds: all, random (seeded, no synapse twice), stratified (per region box or table column) or per_axon (up to sample_per_axon per presynaptic partner)"
+    )
+    sample_size: int = Field(1000, ge=0, le=100_000_000, description="random: how many synapses; per_axon: most synapses in total (0 = no limit)")
+    sample_roi: dict[str, list[float]] = Field(default_factory=dict, description="regions of interest {name: [x0, y0, z0, x1, y1, z1]} in the connectome's voxels (half-open); when given, only synapses inside one are sampled")
+    sample_strata_column: str = Field("", description="stratified: the synapse-table column whose values are the strata (kept by the description's keep list)")
+    sample_strata_boxes: dict[str, list[float]] = Field(default_factory=dict, description="stratified: strata as boxes {name: [x0, y0, z0, x1, y1, z1]} instead of a column (a synapse in two belongs to the first)")
+    sample_per_stratum: int = Field(100, ge=1, le=100_000_000, description="stratified: synapses per stratum (all of a smaller stratum)")
+    sample_per_axon: int = Field(5, ge=1, le=100_000, description="per_axon: most synapses per presynaptic partner")
+    engine: Literal["auto", "in_process", "dask"] = Field(
+        "auto", description="how cubes and features are computed: in_process (one process, the simple default for bboxes), dask (batches of synapses as Dask tasks, each written as its own partition; resumable) or auto (dask for a connectome)"
+    )
+    dask_scheduler: str = Field("local", pattern=r"^(local|slurm|pbs|lsf|(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:[0-9]+)$", description="local (a LocalCluster on this machine), a scheduler address tcp://host:port, or slurm / pbs / lsf (dask-jobqueue: jobs submitted with dask_jobqueue's options)")
+    dask_workers: int = Field(2, ge=1, le=10_000, description="Dask workers (LocalCluster processes, or jobs for slurm / pbs / lsf)")
+    dask_threads_per_worker: int = Field(1, ge=1, le=256, description="threads per Dask worker (and torch threads in it)")
+    dask_memory_per_worker: str = Field("4GiB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(B|kB|KB|KiB|MB|MiB|GB|GiB|TB|TiB)$", description="memory limit of each Dask worker, e.g. 4GiB")
+    dask_jobqueue: dict[str, str | int | float | bool | list[str]] = Field(
+        default_factory=dict, description="slurm / pbs / lsf: options of the dask-jobqueue cluster, e.g. {queue: gpu, account: lab, walltime: '04:00:00', cores: 8, memory: 32GiB, job_extra_directives: ['--gres=gpu:1']}"
+    )
+    engine_batch_size: int = Field(32, ge=1, le=100_000, description="synapses per Dask task and per written partition (neighbouring synapses share reads)")
+
     # --- attention ---
     attention_layers: list[int] = Field(default_factory=lambda: [3, 20, 27], description="conv layers (features.N) for Grad-CAM")
     attention_target: Literal["cluster", "logit", "norm"] = Field("cluster", description="what the map explains: cluster similarity, a classifier logit, or the pooled-feature norm")
@@ -169,6 +192,20 @@ class Config(BaseModel):
                 raise ValueError(str(exc)) from None
         if len(set(v)) != len(v):
             raise ValueError("bbox names must be unique")
+        return v
+
+    @field_validator("sample_roi", "sample_strata_boxes")
+    @classmethod
+    def _boxes(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        for name, box in v.items():
+            try:
+                validate_name(name)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+            if len(box) != 6:
+                raise ValueError(f"box {name!r} must be six numbers [x0, y0, z0, x1, y1, z1], got {len(box)}")
+            if any(lo >= hi for lo, hi in zip(box[:3], box[3:])):
+                raise ValueError(f"box {name!r} is empty: each of x0, y0, z0 must be below x1, y1, z1, got {box}")
         return v
 
     @field_validator("attention_layers")
@@ -227,6 +264,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "clustering_method", "n_clusters", "k_selection", "k_min", "k_max", "n_bootstrap",
     ),
     "real-world data": ("dataset", "target_voxel_nm"),
+    "connectome scale": (
+        "connectome", "sample_policy", "sample_size", "sample_roi", "sample_strata_column", "sample_strata_boxes",
+        "sample_per_stratum", "sample_per_axon", "engine", "dask_scheduler", "dask_workers", "dask_threads_per_worker",
+        "dask_memory_per_worker", "dask_jobqueue", "engine_batch_size",
+    ),
     "attention": (
         "attention_layers", "attention_target", "attention_class", "attention_per_cluster", "attention_threshold",
     ),

@@ -59,6 +59,8 @@ from .vgg3d import VGG3D
 
 if TYPE_CHECKING:
     from ..core.config import Config
+    from ..cubes.rendering import RenderSettings
+    from ..cubes.store import CubeSet
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +481,50 @@ class FeatureResult:
         """Synapse names with their first features: what the feature table looks like."""
         ident = [c for c in ("bbox", "Var1") if c in self.features.columns]
         return self.features[ident + feature_columns(self.features)[:n_features]].head(n_rows)
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """Every option of :class:`FeatureExtractor` that decides the features, as one value a
+    step can build from parameters and send to another process (the Dask engine's workers)."""
+
+    method: str = "standard"
+    layer_num: int = 20
+    pooling: str = "avg"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    precision: str = "float32"
+    input_range: str = "0_1"
+    rotations: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: "Config", info: ModelInfo) -> "ExtractionSettings":
+        return cls(method=cfg.extraction_method, layer_num=cfg.layer_num, pooling=cfg.pooling_method,
+                   batch_size=cfg.batch_size, precision=cfg.precision, input_range=resolve_input_range(cfg, info),
+                   rotations=cfg.rotation_averaging)
+
+
+def extract_cubeset(cubes: "CubeSet", model: VGG3D, settings: ExtractionSettings, render: "RenderSettings", *,
+                    device: str | torch.device = "cpu", progress: bool = True,
+                    num_threads: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, FeatureExtractor]:
+    """The features of every cube whose mask is not empty for ``render``'s segmentation type.
+
+    Returns the features table (cube metadata + ``feat_*``), the synapses left out for an empty
+    mask (with the reason) and the extractor (its device and timing). A cube set where every
+    mask is empty gives an empty table: the caller decides whether that is an error (a whole
+    run) or not (one partition of a large one).
+    """
+    skipped = cubes.empty_mask_report(render.segmentation_type)
+    keep = np.setdiff1d(np.arange(len(cubes)), cubes.empty_mask_rows(render.segmentation_type))
+    extractor = FeatureExtractor(
+        model, method=settings.method, layer_num=settings.layer_num, pooling=settings.pooling,
+        batch_size=settings.batch_size, precision=settings.precision, input_range=settings.input_range,
+        progress=progress, rotations=settings.rotations, device=device, num_threads=num_threads,
+    )
+    if len(keep) == 0:
+        return features_frame(np.zeros((0, extractor.dim), np.float32), cubes.table.iloc[:0].reset_index(drop=True)), skipped, extractor
+    view = cubes.rendered(render, indices=keep)
+    matrix = extractor(view, rotation_axes=view.normal_axes() if extractor.rotations > 1 else None)
+    return features_frame(matrix, cubes.table.iloc[keep].reset_index(drop=True)), skipped, extractor
 
 
 def resolve_input_range(cfg: "Config", info: ModelInfo) -> str:

@@ -49,10 +49,10 @@ from ..explain import attention as X
 from ..features.checkpoint import ModelInfo, build_model
 from ..features.devices import DeviceError, describe_device, resolve_device
 from ..features.extract import (
-    FeatureExtractor,
+    ExtractionSettings,
+    extract_cubeset,
     FeatureResult,
     describe,
-    features_frame,
     resolve_input_range,
     seed_csv_name,
 )
@@ -508,21 +508,15 @@ def compute_features(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config,
     """
     device = network_device(cfg) if device is None else device
     cubes.require_type(cfg.segmentation_type)
-    skipped = cubes.empty_mask_report(cfg.segmentation_type)
-    keep = np.setdiff1d(np.arange(len(cubes)), cubes.empty_mask_rows(cfg.segmentation_type))
-    if len(keep) == 0:
+    features, skipped, extractor = extract_cubeset(
+        cubes, model, ExtractionSettings.from_config(cfg, info), RenderSettings.from_config(cfg), device=device,
+        progress=progress and not in_batch(),
+    )
+    if len(features) == 0:
         raise ValueError(
             f"every synapse has an empty mask for segmentation type {cfg.segmentation_type}: "
             "choose another segmentation_type or check the label ids (label_table)"
         )
-    view = cubes.rendered(RenderSettings.from_config(cfg), indices=keep)
-    extractor = FeatureExtractor(
-        model, method=cfg.extraction_method, layer_num=cfg.layer_num, pooling=cfg.pooling_method,
-        batch_size=cfg.batch_size, precision=cfg.precision, input_range=resolve_input_range(cfg, info),
-        progress=progress and not in_batch(), rotations=cfg.rotation_averaging, device=device,
-    )
-    matrix = extractor(view, rotation_axes=view.normal_axes() if extractor.rotations > 1 else None)
-    features = features_frame(matrix, cubes.table.iloc[keep].reset_index(drop=True))
     name = seed_csv_name(cfg.extraction_method, cfg.layer_num, cfg.pooling_method, cfg.segmentation_type, cfg.alpha)
     return FeatureResult(features, skipped, name, describe(info, cfg), extractor.last_seconds or 0.0, extractor.device_name)
 
