@@ -8,7 +8,7 @@ DEMO   := data/demo
 REALDATA ?= ../shared/realdata
 VNC    := data/vnc
 
-.PHONY: install demo demo-data demo-hard-data vnc test bench clean-runs
+.PHONY: install demo demo-data demo-hard-data connectome-data demo-connectome vnc test bench clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ data/demo_hard/.complete: | $(STAMP)
 	touch $@
 
 demo-hard-data: data/demo_hard/.complete
+
+# The synthetic connectome (1024 x 1024 x 512 voxels, 3000 synapses; zarr + webKnossos layers).
+data/connectome/.complete: | $(STAMP)
+	$(BIN)/python -m synapse_nb connectome-data --out data/connectome
+	touch $@
+
+connectome-data: data/connectome/.complete
+
+# A connectome run: 300 sampled synapses built and extracted on a local Dask cluster.
+demo-connectome: $(STAMP) data/connectome/.complete
+	$(BIN)/python -m synapse_nb run parameters/connectome_demo.yaml
 
 demo: $(STAMP) $(DEMO)/.complete
 	$(BIN)/python -m synapse_nb run parameters/demo.yaml

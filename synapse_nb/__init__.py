@@ -3,9 +3,12 @@
 The subpackages follow the pipeline (see docs/architecture.md):
 
 ``core``         parameters, labels, errors, atomic writes, notebook setup
-``data``         volumes, synapse tables, dataset descriptions, demo data
+``data``         volumes, synapse tables, dataset and connectome descriptions, demo data
+``sampling``     which synapses of a connectome a run builds (seeded policies)
 ``cubes``        one cube per synapse, rendering, morphometrics
 ``features``     the VGG3D network and feature extraction
+``engine``       Dask: batches of synapses as tasks, each written as its own partition
+``training``     self-supervised pretraining
 ``analysis``     reduce, cluster, compare, export
 ``explain``      3-D Grad-CAM
 ``connectivity`` synapses sharing a presynaptic neurite
@@ -23,7 +26,7 @@ from typing import Any
 from .core.notebook import say, setup
 
 __version__ = "0.1.0"
-SUBPACKAGES = ("core", "data", "cubes", "features", "training", "analysis", "explain", "connectivity", "figures", "pipeline", "ui")
+SUBPACKAGES = ("core", "data", "sampling", "cubes", "features", "engine", "training", "analysis", "explain", "connectivity", "figures", "pipeline", "ui")
 __all__ = [*SUBPACKAGES, "say", "setup", "__version__"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "synapse_nb"
-ALGORITHMS = ("core", "data", "cubes", "features", "training", "analysis", "explain", "connectivity", "figures")
+ALGORITHMS = ("core", "data", "sampling", "cubes", "features", "engine", "training", "analysis", "explain", "connectivity", "figures")
 SUBPACKAGES = ALGORITHMS + ("pipeline", "ui")
 
 

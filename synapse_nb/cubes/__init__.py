@@ -4,8 +4,16 @@ input, morphometrics and descriptors, and the cube store. The rules are explaine
 
 from __future__ import annotations
 
-from .build import SynapseCube, build_cubes, build_synapse
+from .build import SynapseCube, build_cubes, build_rows, build_synapse
 from .components import closest_component, dilate6
+from .connectome import (
+    AGREES_COLUMN,
+    FROM_TABLE,
+    nearest_voxel,
+    partner_points,
+    table_partners,
+    table_polarity,
+)
 from .descriptors import (
     DESCRIPTORS,
     Annotated,
@@ -67,9 +75,19 @@ from .rendering import (
     segmentation_mask,
     zscore_to_unit,
 )
-from .store import CubeSet
+from .store import CubeSet, PartitionedCubeStore, RowConcat, part_folder
 
 __all__ = [
+    "AGREES_COLUMN",
+    "FROM_TABLE",
+    "PartitionedCubeStore",
+    "RowConcat",
+    "build_rows",
+    "nearest_voxel",
+    "part_folder",
+    "partner_points",
+    "table_partners",
+    "table_polarity",
     "CROP_MODES",
     "DESCRIPTORS",
     "INTENSITY_NORMALIZATIONS",

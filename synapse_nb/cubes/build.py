@@ -20,7 +20,17 @@ from ..core import labels as L
 from ..core.errors import DataError
 from ..core.progress_bars import progress as progress_bar
 from ..data.bbox import BboxData
+from ..data.volumes import target_to_native
 from .components import closest_component
+from .connectome import (
+    AGREES_COLUMN,
+    FROM_TABLE,
+    Partners,
+    partner_points,
+    sides_missing,
+    table_partners,
+    table_polarity,
+)
 from .descriptors import Annotated, measure_cube
 from .geometry import (
     CropBox,
@@ -82,23 +92,36 @@ def build_synapse(
     table_row: int | None = None,
     voxel_nm: tuple[float, float, float] = (8.0, 8.0, 8.0),
     annotated: Annotated | None = None,
+    windows: LabelWindows | None = None,
+    partners: Partners | None = None,
 ) -> SynapseCube:
     """Cut one synapse out of lazy volumes indexed [z, y, x]; coordinates are (x, y, z).
 
     Reads one window per volume (see ``docs/cubes.md``). ``voxel_nm`` (z, y, x) is the cube's
     voxel for the descriptors; ``annotated`` says which structures the dataset annotates
-    (None: from ``ids`` and which volumes are given). Raises :class:`SynapseError`
+    (None: from ``ids`` and which volumes are given). ``windows``: the label window
+    (:func:`.geometry.label_window` of the centre) when the caller has read it already, so it is
+    not read twice. ``partners``: the (pre, post) ids a connectome table names, for the polarity
+    rule of :func:`.connectome.table_polarity`. Raises :class:`SynapseError`
     naming ``bbox``, ``synapse`` and ``table_row`` when the synapse cannot be built.
     """
     where = _where(bbox, synapse, table_row)
     shape = _check_shapes(where, raw, seg, mask)
     c, s1, s2 = check_points(where, shape, center_xyz, side1_xyz, side2_xyz)
-    windows = LabelWindows.read(seg, mask, label_window(c, geometry, shape))
+    box = label_window(c, geometry, shape)
+    if windows is None:
+        windows = LabelWindows.read(seg, mask, box)
+    elif not (np.array_equal(windows.box.lo, box.lo) and np.array_equal(windows.box.hi, box.hi)):
+        raise ValueError(f"{where}: the label window given is not the synapse's {box.lo}..{box.hi}")
     sides = PartnerSides(s1, s2, windows.seg_id_at(s1), windows.seg_id_at(s2))
     reasons = check_sides(where, sides, has_seg=seg is not None)
     reasons += far_side_reasons(where, sides, c, int(geometry.size))
     decision = windows.crop(decision_box(c, int(geometry.size), shape))
     prepost = decide_pre_post(sides, decision, c, ids)
+    agrees = None
+    if partners is not None:
+        vesicle_known = mask is not None and int(ids.vesicle) != 0
+        prepost, agrees = table_polarity(prepost, partners, vesicle_known=vesicle_known)
     center, fallback = crop_centre(geometry, c, decision, prepost.pre_id)
     reasons += [*prepost.reasons, *([fallback] if fallback else [])]
 
@@ -111,6 +134,8 @@ def build_synapse(
     bits_v = _paint_structure_bits(windows.crop(crop.inside), prepost, ids, crop.target, known)
     raw_cube, bits, pad_value = _pad_into_cube(raw_v, bits_v, crop)
     info = _synapse_info(prepost, reasons, geometry.crop_mode, crop, pad_value)
+    if partners is not None:
+        info[AGREES_COLUMN] = agrees
     # voxel morphometrics and descriptors, one call (docs/cubes.md, "Descriptors")
     info.update(measure_cube(raw_cube, bits, voxel_nm=voxel_nm, annotated=annotated or _annotated(ids, seg, mask)))
     if geometry.orient:  # everything above is measured on the plain cube; the rotated one is stored
@@ -263,7 +288,7 @@ def _synapse_info(prepost: PrePost, reasons: list[str], crop_mode: str, crop: Cr
         "side2_seg_id": int(prepost.sides.id2),
         "overlap_side1": int(prepost.overlap1),
         "overlap_side2": int(prepost.overlap2),
-        "ambiguous": bool(reasons),
+        "ambiguous": any(r != FROM_TABLE for r in reasons),  # a polarity the table gives is no doubt
         "ambiguity_reason": "; ".join(reasons),
         "crop_mode": crop_mode,
         "cube_center_z": int(crop.center[0]),
@@ -303,26 +328,44 @@ def build_cubes(
     window) is recorded in ``skipped`` with the reason and the others continue. If no synapse
     can be built at all, :class:`DataError` lists the first reasons.
     """
-    grids, cube_voxel = _cube_grids(bboxes, voxel_size_nm, target_voxel_nm)
-    if geometry.orient and len(set(cube_voxel)) > 1:
-        raise DataError(
-            f"oriented cubes need isotropic voxels, the cubes' voxel is {cube_voxel} nm (z, y, x); "
-            "set target_voxel_nm to resample them or turn orient_cubes off"
-        )
-    out = _CubeBuffers.allocate(bboxes, int(geometry.size))
+    grids, cube_voxel = _cube_grids(bboxes, voxel_size_nm, target_voxel_nm, geometry)
+    out = _CubeBuffers.allocate(sum(len(b.table) for b in bboxes), int(geometry.size), _raw_dtype(bboxes))
     offset = 0
     with progress_bar(total=out.total, desc="synapse cubes", unit="syn", enabled=progress) as bar:
         for b, grid in zip(bboxes, grids):
-            _build_bbox(b, grid, geometry, out, offset, lambda: bar.update(1))
+            _build_table(b, b.table, grid, geometry, out, offset, lambda: bar.update(1))
             offset += len(b.table)
-            for vol in (b.raw, b.seg, b.mask):
-                if vol is not None:
-                    _release_reader_cache(vol)
+            _release_reader_caches(b)
     return out.to_cubeset(geometry, cube_voxel)
 
 
+def build_rows(
+    bbox: BboxData,
+    rows: pd.DataFrame,
+    geometry: CubeGeometry = CubeGeometry(),
+    *,
+    voxel_size_nm: Sequence[float] = (8.0, 8.0, 8.0),
+    target_voxel_nm: float | None = None,
+    progress: bool = False,
+) -> CubeSet:
+    """The cubes of some rows of one bbox's table (a batch of a connectome), built as
+    :func:`build_cubes` builds them, in the order given.
+
+    ``rows`` carry the table's columns (``table_row`` included). Rows naming partner ids
+    (``pre_id`` / ``post_id``) without side points get their side points from the segmentation
+    (:mod:`.connectome`). Unlike :func:`build_cubes`, a batch where nothing can be built gives
+    an empty :class:`CubeSet` (0 rows, every row in ``skipped``): a batch is one part of a run.
+    """
+    grids, cube_voxel = _cube_grids([bbox], voxel_size_nm, target_voxel_nm, geometry)
+    out = _CubeBuffers.allocate(len(rows), int(geometry.size), _raw_dtype([bbox]))
+    with progress_bar(total=out.total, desc="synapse cubes", unit="syn", enabled=progress) as bar:
+        _build_table(bbox, rows, grids[0], geometry, out, 0, lambda: bar.update(1))
+    _release_reader_caches(bbox)
+    return out.to_cubeset(geometry, cube_voxel, columns=[*rows.columns, L.BBOX_COLUMN], allow_empty=True)
+
+
 def _cube_grids(
-    bboxes: Sequence[BboxData], voxel_size_nm: Sequence[float], target_voxel_nm: float | None
+    bboxes: Sequence[BboxData], voxel_size_nm: Sequence[float], target_voxel_nm: float | None, geometry: CubeGeometry
 ) -> tuple[list[CubeGrid], tuple[float, float, float]]:
     """The grid of every bbox and the one voxel size all their cubes share."""
     if not bboxes:
@@ -337,18 +380,35 @@ def _cube_grids(
         raise DataError(
             f"bboxes have different voxel sizes ({detail}); set target_voxel_nm to resample them to one isotropic grid"
         )
-    return grids, cube_voxels.pop()
+    cube_voxel = cube_voxels.pop()
+    if geometry.orient and len(set(cube_voxel)) > 1:
+        raise DataError(
+            f"oriented cubes need isotropic voxels, the cubes' voxel is {cube_voxel} nm (z, y, x); "
+            "set target_voxel_nm to resample them or turn orient_cubes off"
+        )
+    return grids, cube_voxel
 
 
-def _build_bbox(
-    b: BboxData, grid: CubeGrid, geometry: CubeGeometry, out: _CubeBuffers, offset: int, tick: Callable[[], object]
+def _raw_dtype(bboxes: Sequence[BboxData]) -> np.dtype:
+    """The dtype that holds the raw voxels of every bbox."""
+    return np.result_type(*(np.dtype(getattr(b.raw, "dtype", np.uint8)) for b in bboxes))
+
+
+def _build_table(
+    b: BboxData,
+    table: pd.DataFrame,
+    grid: CubeGrid,
+    geometry: CubeGeometry,
+    out: _CubeBuffers,
+    offset: int,
+    tick: Callable[[], object],
 ) -> None:
-    """Build every synapse of one bbox into ``out`` (its rows start at ``offset``).
+    """Build every synapse of ``table`` (rows of bbox ``b``) into ``out``, from row ``offset`` on.
 
     Synapses are visited in z order, so neighbouring windows share slices and a lazy slice
     reader opens each slice about once per bbox; results keep the table order.
     """
-    records = b.table.to_dict("records")
+    records = table.to_dict("records")
     grid_info = grid.table_info()
     z = [_safe_float(r.get(L.CENTER_COLUMNS[2])) for r in records]
     for j in np.argsort(np.asarray(z), kind="stable"):
@@ -366,28 +426,64 @@ def _build_bbox(
 
 
 def _build_record(b: BboxData, grid: CubeGrid, rec: dict, geometry: CubeGeometry) -> SynapseCube:
-    """The cube of one table row of bbox ``b``, built on ``grid``."""
+    """The cube of one table row of bbox ``b``, built on ``grid``.
+
+    A row naming partner ids but no side points (a connectome table) gets its side points from
+    the label window, which is then handed to :func:`build_synapse` so it is read once.
+    """
     name = rec.get(L.NAME_COLUMN)
     trow = rec.get("table_row")
-    points = [[rec[k] for k in cols] for cols in (L.CENTER_COLUMNS, L.SIDE1_COLUMNS, L.SIDE2_COLUMNS)]
+    points = [[rec.get(k, np.nan) for k in cols] for cols in (L.CENTER_COLUMNS, L.SIDE1_COLUMNS, L.SIDE2_COLUMNS)]
     t = grid.target_voxel_nm
+    label = b.name if t is None else f"{b.name} (on its {t:g} nm resampled grid)"
     if t is not None:
         # check in the table's own (native) voxels, so errors quote its numbers
         check_points(_where(b.name, name, trow), tuple(b.raw.shape), *points)  # type: ignore[attr-defined]
         points = [grid.to_grid(p) for p in points]
-    return build_synapse(
+    partners = table_partners(rec)
+    windows = None
+    found: dict = {}
+    if partners is not None and partners != (None, None) and grid.seg is not None and sides_missing(rec):
+        where = _where(label, name, trow)
+        shape = _check_shapes(where, grid.raw, grid.seg, grid.mask)
+        c = check_points(where, shape, points[0], None, None)[0]
+        windows = LabelWindows.read(grid.seg, grid.mask, label_window(c, geometry, shape))
+        points[1], points[2] = partner_points(where, windows, c, partners, grid.voxel_nm)  # type: ignore[call-overload]
+        found = _found_side_columns(grid, points[1], points[2])
+    cube = build_synapse(
         grid.raw,
         grid.seg,
         grid.mask,
         *points,
         b.label_ids,
         geometry,
-        bbox=b.name if t is None else f"{b.name} (on its {t:g} nm resampled grid)",
+        bbox=label,
         synapse=name,
         table_row=trow,
         voxel_nm=grid.voxel_nm,
         annotated=_annotated(b.label_ids, b.seg, b.mask),
+        windows=windows,
+        partners=partners,
     )
+    if partners is not None:  # where the side points came from, and (when found) where they are
+        cube.info.update({SIDE_POINTS_COLUMN: "partner ids" if windows is not None else "table", **found})
+    return cube
+
+
+SIDE_POINTS_COLUMN = "side_points_from"
+
+
+def _found_side_columns(grid: CubeGrid, p1: list[float] | None, p2: list[float] | None) -> dict:
+    """Side points found from partner ids as table columns, in the table's (native) voxels."""
+    out: dict = {}
+    for cols, p in ((L.SIDE1_COLUMNS, p1), (L.SIDE2_COLUMNS, p2)):
+        if p is None:
+            continue
+        xyz = np.asarray(p, dtype=np.float64)
+        if grid.target_voxel_nm is not None:
+            xyz = target_to_native(xyz[::-1], grid.native_voxel_nm, grid.target_voxel_nm)[::-1]
+        out.update({c: float(v) for c, v in zip(cols, xyz)})
+    return out
 
 
 @dataclass
@@ -400,10 +496,8 @@ class _CubeBuffers:
     skipped: list[tuple[int, dict]] = field(default_factory=list)
 
     @classmethod
-    def allocate(cls, bboxes: Sequence[BboxData], size: int) -> _CubeBuffers:
+    def allocate(cls, total: int, size: int, dtype: np.dtype) -> _CubeBuffers:
         S = int(size)
-        total = sum(len(b.table) for b in bboxes)
-        dtype = np.result_type(*(np.dtype(getattr(b.raw, "dtype", np.uint8)) for b in bboxes))
         return cls(
             raw=np.empty((total, S, S, S), dtype=dtype),
             bits=np.empty((total, S, S, S), dtype=np.uint8),
@@ -422,25 +516,43 @@ class _CubeBuffers:
     def skip(self, i: int, reason: dict) -> None:
         self.skipped.append((i, reason))
 
-    def to_cubeset(self, geometry: CubeGeometry, voxel_size_nm: tuple[float, float, float]) -> CubeSet:
-        """The cube set of the built synapses; :class:`DataError` if none could be built."""
+    def to_cubeset(
+        self,
+        geometry: CubeGeometry,
+        voxel_size_nm: tuple[float, float, float],
+        *,
+        columns: Sequence[str] = (),
+        allow_empty: bool = False,
+    ) -> CubeSet:
+        """The cube set of the built synapses; :class:`DataError` if none could be built, unless
+        ``allow_empty`` (then an empty set with ``columns``)."""
         ok = np.array([r is not None for r in self.rows], dtype=bool)
         n = int(ok.sum())
         skipped = [r for _, r in sorted(self.skipped, key=lambda item: item[0])]
         skipped_df = pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS))
-        if n == 0:
+        if n == 0 and not allow_empty:
             detail = "; ".join(skipped_df["reason"].head(3))
             raise DataError(f"no synapse cube could be built ({len(skipped_df)} skipped). First reasons: {detail}")
         if skipped:
             logger.warning("%d of %d synapses skipped; see CubeSet.skipped", len(skipped), self.total)
         raw_all, bits_all = (self.raw, self.bits) if n == self.total else (self.raw[ok], self.bits[ok])
-        table = add_physical_units(pd.DataFrame([r for r in self.rows if r is not None]), voxel_size_nm)
+        if n == 0:
+            table = pd.DataFrame(columns=list(dict.fromkeys(columns)))
+        else:
+            table = add_physical_units(pd.DataFrame([r for r in self.rows if r is not None]), voxel_size_nm)
         # readable column order: identity, input columns, then what was computed
         first = [c for c in (L.BBOX_COLUMN, L.NAME_COLUMN, "table_row") if c in table]
         table = table[first + [c for c in table.columns if c not in first]]
         return CubeSet(
             raw=raw_all, bits=bits_all, table=table, skipped=skipped_df, geometry=geometry, voxel_size_nm=voxel_size_nm
         )
+
+
+def _release_reader_caches(b: BboxData) -> None:
+    """Drop the lazy readers' cached slices once a bbox (or batch) is done (keeps peak RSS to ~one bbox)."""
+    for vol in (b.raw, b.seg, b.mask):
+        if vol is not None:
+            _release_reader_cache(vol)
 
 
 def _release_reader_cache(volume) -> None:

@@ -3,21 +3,39 @@
 Modules, from the bottom up:
 
 - ``slices``, ``volumes``: lazy (z, y, x) readers (folders of 2-D slices; HDF5, zarr, N5,
-  TIFF) and per-window resampling to the target voxel size;
+  TIFF, webKnossos datasets, neuroglancer precomputed) and per-window resampling to the target
+  voxel size;
 - ``tables``: the synapse table reader;
 - ``bbox``: :class:`BboxData`, one bbox as every later stage sees it;
 - ``seed_layout``: the original tool's folder layout;
 - ``description``: dataset description YAML files and what a dataset can serve;
 - ``datasets``: :func:`open_dataset`, the one entry that opens either, and a summary table;
+- ``agglomerates``: the lazy segment -> agglomerate mapping of an HDF5 file;
+- ``connectome``: connectome description YAML files: a whole dataset (a synapse table of any
+  size, chunked layers, agglomerates) opened as one lazy bbox with virtual seg and mask;
 - ``demo``, ``vnc``: writers of the synthetic demo dataset (presets in ``demo_presets``) and of
-  the converted real VNC stack.
+  the converted real VNC stack;
+- ``synthetic_connectome``: :func:`make_synthetic_connectome`, a large chunked synthetic
+  connectome (zarr + webKnossos, agglomerates, cleft prediction, synapse tables, descriptions).
 
 The public functions and classes are re-exported here and listed in ``__all__``.
 """
 
 from __future__ import annotations
 
+from .agglomerates import AgglomerateMapping
 from .bbox import BboxData
+from .connectome import (
+    CLEFT_LABEL,
+    Connectome,
+    ConnectomeDescription,
+    ConnectomeSpec,
+    MappedSegmentation,
+    VirtualMask,
+    is_connectome_description,
+    load_connectome_description,
+    open_connectome,
+)
 from .datasets import dataset_summary, open_dataset
 from .demo import (
     DEMO_PRESETS,
@@ -53,6 +71,8 @@ from .description import (
 from .seed_layout import discover_bboxes, open_seed_bbox, open_seed_dataset
 from .slices import SliceStack, list_slices
 from .tables import has_side_points, read_synapse_table
+from .synthetic_connectome import SyntheticConnectome, make_synthetic_connectome
+from .viewers import check_viewer, link_html, viewer_link, viewer_links
 from .vnc import (
     VncSettings,
     VncStack,
@@ -79,6 +99,16 @@ from .volumes import (
 )
 
 __all__ = [
+    "CLEFT_LABEL",
+    "AgglomerateMapping",
+    "Connectome",
+    "ConnectomeDescription",
+    "ConnectomeSpec",
+    "MappedSegmentation",
+    "VirtualMask",
+    "is_connectome_description",
+    "load_connectome_description",
+    "open_connectome",
     "DEMO_PRESETS",
     "HARD_CLASS_NAMES",
     "BboxData",
@@ -90,6 +120,7 @@ __all__ = [
     "LoadedDescription",
     "ResampledVolume",
     "SliceStack",
+    "SyntheticConnectome",
     "VncSettings",
     "VncStack",
     "Volume",
@@ -97,6 +128,7 @@ __all__ = [
     "bbox_names",
     "bbox_nuisance",
     "capabilities_table",
+    "check_viewer",
     "component_centres",
     "convert_vnc",
     "dataset_description",
@@ -111,9 +143,11 @@ __all__ = [
     "has_side_points",
     "is_description",
     "label_mask",
+    "link_html",
     "list_slices",
     "load_dataset_description",
     "make_demo_dataset",
+    "make_synthetic_connectome",
     "native_to_target",
     "needs_resampling",
     "neurite_ids",
@@ -136,4 +170,6 @@ __all__ = [
     "synapse_components",
     "synapse_table",
     "target_to_native",
+    "viewer_link",
+    "viewer_links",
 ]

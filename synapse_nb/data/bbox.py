@@ -31,6 +31,9 @@ class BboxData:
     sources: dict[str, Path] = field(default_factory=dict)
     voxel_size_nm: tuple[float, float, float] | None = None  # z, y, x; None = the configuration's
     dataset: str = ""  # the dataset's name, for messages and reports
+    #: rows of a connectome's synapse table that cannot be used (position outside the volume,
+    #: unknown ids), with the reason; None for bbox datasets, whose tables are checked per synapse
+    rejected: pd.DataFrame | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

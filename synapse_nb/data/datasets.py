@@ -25,11 +25,25 @@ logger = logging.getLogger(__name__)
 def open_dataset(cfg: "Config") -> list[BboxData]:
     """Open the bboxes a configuration names.
 
-    With ``cfg.dataset`` set, the dataset description YAML (:mod:`synapse_nb.data.description`) says
+    With ``cfg.connectome`` set, the connectome description (:mod:`synapse_nb.data.connectome`)
+    is opened as one bbox holding the whole synapse table (lazy layers; a run then samples from
+    it). With ``cfg.dataset`` set, the dataset description YAML (:mod:`synapse_nb.data.description`) says
     where the volumes and tables are, and its voxel size and label ids win over
     ``voxel_size_nm`` / ``label_table``. Otherwise the seed layout under ``raw_dir`` ...
     is read (all bboxes under ``raw_dir`` when none are named).
     """
+    if getattr(cfg, "connectome", ""):
+        from .connectome import open_connectome
+
+        connectome = open_connectome(cfg.connectome)
+        logger.info(
+            "connectome %s: %d usable synapses (%d rejected); its voxel size %s nm and layers are used; dataset, "
+            "raw_dir, seg_dir, mask_dir, table_dir, bboxes, voxel_size_nm and label_table are ignored",
+            cfg.connectome, len(connectome.table), len(connectome.rejected), list(connectome.voxel_size_nm),
+        )
+        bbox = connectome.as_bbox()
+        bbox.rejected = connectome.rejected
+        return [bbox]
     if cfg.dataset:
         from .description import open_dataset_description
 

@@ -157,8 +157,14 @@ def read_synapse_table(
 
 
 def has_side_points(table: pd.DataFrame) -> bool:
-    """True when at least one synapse has both side points."""
+    """True when at least one synapse names both partners: two side points, or (connectome
+    tables) a presynaptic and a postsynaptic id, from which cube building finds the points."""
+    if table.empty:
+        return False
+    ids = ("pre_id", "post_id")
+    if all(c in table for c in ids) and bool(table[list(ids)].notna().all(axis=1).any()):
+        return True
     cols = [*L.SIDE1_COLUMNS, *L.SIDE2_COLUMNS]
-    if table.empty or any(c not in table for c in cols):
+    if any(c not in table for c in cols):
         return False
     return bool(table[cols].notna().all(axis=1).any())

@@ -1,7 +1,8 @@
 """One lazy reader for every volume format users hold, plus per-window resampling.
 
 :func:`open_volume` turns a folder of 2-D slices, an HDF5 dataset, a zarr (v2 / v3, incl.
-OME-Zarr) array, an N5 dataset or a multi-page TIFF into a :class:`Volume`: a read-only
+OME-Zarr) array, an N5 dataset, a multi-page TIFF, a layer of a local webKnossos dataset or a
+neuroglancer precomputed volume into a :class:`Volume`: a read-only
 (z, y, x) array-like that reads only the window asked for, so a volume larger than memory
 works (cube building reads a few windows around each synapse).
 
@@ -11,17 +12,30 @@ Format
     Inferred from the path: ``.h5/.hdf5/.hdf`` (or the HDF5 signature) -> ``hdf5``;
     ``.tif/.tiff`` file -> ``tiff``; a folder named ``*.zarr`` or holding ``zarr.json`` /
     ``.zarray`` / ``.zgroup`` -> ``zarr``; ``*.n5`` or ``attributes.json`` -> ``n5``; a folder
-    of ``.tif/.tiff/.png`` slices -> ``slices``. ``fmt`` overrides the guess.
+    of ``.tif/.tiff/.png`` slices -> ``slices``; a folder holding ``datasource-properties.json``
+    -> ``webknossos``; a folder holding an ``info`` JSON of ``@type``
+    ``neuroglancer_multiscale_volume`` (or a ``file://`` URL of one) -> ``precomputed``.
+    ``fmt`` overrides the guess.
 Keys
     HDF5 needs ``key`` (the dataset path; the error lists the datasets present). A zarr or N5
     group needs ``key`` (array path) unless it is OME-Zarr: then level 0 of its first
     ``multiscales`` entry is read, and ``key`` may name another level (its dataset path, or
-    its index).
+    its index). A webKnossos dataset needs ``key`` (the layer name); ``mag`` picks the
+    magnification ("1", "2-2-1"; default: the layer's finest). A precomputed volume takes an
+    optional ``key`` (a sub-folder holding the ``info``); ``mag`` is its scale index or scale
+    key (default: scale 0).
+Global voxels
+    webKnossos and precomputed volumes are seen in global voxels of their magnification: the
+    volume spans from voxel 0 to the end of the stored data, and voxels outside the stored
+    box (a layer that starts at an offset) read as 0. Their voxel size (dataset voxel size
+    times the mag; the scale's resolution) is the ``voxel_size_hint_nm``.
 Axes
     Volumes are 3-D (z, y, x). Leading axes of size 1 (OME-Zarr ``t``/``c``) are dropped; a
     trailing axis of 3 or 4 channels is RGB(A): raw goes to luma gray, labels take channel 0
     (as :mod:`synapse_nb.data.slices` does for slices). N5 lists dimensions fastest-first (x, y, z,
     the Java convention); they are reversed to (z, y, x) like zarr 2's N5 store and z5py do.
+    webKnossos arrays are (c, x, y, z) and precomputed ones (x, y, z, c): both are presented
+    as (z, y, x) (with a trailing channel axis when there are several channels).
 N5
     Read through TensorStore (zarr 3 has no N5 store); its chunk cache is off, so memory stays
     at the window read.
@@ -48,12 +62,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .slices import LUMA, SliceStack, list_slices
-from ..core.errors import DataError
+from ..core.errors import DataError, shorten
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("slices", "hdf5", "zarr", "n5", "tiff")
-FORMAT_ALIASES = {"h5": "hdf5", "hdf": "hdf5", "ome-zarr": "zarr", "omezarr": "zarr", "tif": "tiff", "png": "slices", "folder": "slices"}
+FORMATS = ("slices", "hdf5", "zarr", "n5", "tiff", "webknossos", "precomputed")
+FORMAT_ALIASES = {
+    "h5": "hdf5", "hdf": "hdf5", "ome-zarr": "zarr", "omezarr": "zarr", "tif": "tiff", "png": "slices", "folder": "slices",
+    "wk": "webknossos", "wkw": "webknossos", "neuroglancer": "precomputed", "neuroglancer_precomputed": "precomputed",
+}
+#: Formats whose volumes have several magnifications (``mag`` picks one).
+MAG_FORMATS = ("webknossos", "precomputed")
+_WK_MARKER = "datasource-properties.json"
+_PRECOMPUTED_TYPE = "neuroglancer_multiscale_volume"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -194,6 +215,16 @@ class Volume:
         arr = self._read((0, 0, 0), self.shape)
         return arr.astype(dtype) if dtype is not None else arr
 
+    @property
+    def chunk_shape(self) -> tuple[int, int, int] | None:
+        """The storage chunk (z, y, x) of the file (the unit a read fetches), None without one."""
+        chunks = getattr(self._source, "chunks", None)
+        try:
+            out = tuple(int(c) for c in chunks[self._lead : self._lead + 3])  # type: ignore[index]
+        except (TypeError, ValueError):
+            return None
+        return out if len(out) == 3 and min(out) > 0 else None  # type: ignore[return-value]
+
     def clear_cache(self) -> None:
         """Forget cached slices (slice folders keep a small cache of opened slices)."""
         clear = getattr(self._source, "clear_cache", None)
@@ -227,9 +258,13 @@ def detect_format(path: str | Path) -> str:
             if f.read(8) == _HDF5_SIGNATURE:
                 return "hdf5"
         raise DataError(
-            f"unknown volume format for {p}: expected .h5/.hdf5/.hdf, .tif/.tiff, a .zarr or .n5 folder, "
-            f"or a folder of .tif/.png slices; give the format explicitly (one of {list(FORMATS)})"
+            f"unknown volume format for {p}: expected .h5/.hdf5/.hdf, .tif/.tiff, a .zarr or .n5 folder, a webKnossos "
+            f"dataset or precomputed folder, or a folder of .tif/.png slices; give the format explicitly (one of {list(FORMATS)})"
         )
+    if (p / _WK_MARKER).is_file():
+        return "webknossos"
+    if _read_json(p / "info").get("@type") == _PRECOMPUTED_TYPE:
+        return "precomputed"
     if suffix == ".zarr" or any((p / m).is_file() for m in _ZARR_MARKERS):
         return "zarr"
     if suffix == ".n5" or (p / "attributes.json").is_file():
@@ -237,7 +272,8 @@ def detect_format(path: str | Path) -> str:
     if list_slices(p):
         return "slices"
     raise DataError(
-        f"unknown volume format for folder {p}: no zarr / N5 metadata and no .tif/.tiff/.png slices in it; "
+        f"unknown volume format for folder {p}: no zarr / N5 metadata, no webKnossos or precomputed metadata and no "
+        ".tif/.tiff/.png slices in it; "
         f"give the format explicitly (one of {list(FORMATS)})"
     )
 
@@ -398,6 +434,11 @@ class _TensorStoreArray:
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self._store[key].read().result())
 
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        shape = self._store.chunk_layout.read_chunk.shape
+        return tuple(int(c) for c in shape) if shape is not None else None
+
 
 def _n5_datasets(root: Path, limit: int = 200) -> list[str]:
     """Dataset paths under an N5 root; block folders (numeric names) are never walked."""
@@ -469,15 +510,166 @@ def _open_tiff(path: Path, key: str | None, kind: str) -> Volume:
         raise
 
 
-_OPENERS = {"slices": _open_slices, "hdf5": _open_hdf5, "zarr": _open_zarr, "n5": _open_n5, "tiff": _open_tiff}
+def _padded(read: Callable[[list[int], list[int]], np.ndarray], key: Any, origin: Sequence[int], end: Sequence[int],
+            out_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Read the (z, y, x) slices ``key`` (step 1) of data stored in [origin, end): zeros outside."""
+    lo = [int(k.start) for k in key[:3]]
+    hi = [int(k.stop) for k in key[:3]]
+    a = [max(x, o) for x, o in zip(lo, origin)]
+    b = [min(x, e) for x, e in zip(hi, end)]
+    if all(x == o for x, o in zip(lo, a)) and all(x == e for x, e in zip(hi, b)):
+        return read(lo, hi)
+    out = np.zeros(tuple(h - l for l, h in zip(lo, hi)) + out_shape, dtype=dtype)
+    if all(y > x for x, y in zip(a, b)):
+        out[tuple(slice(x - l, y - l) for x, y, l in zip(a, b, lo))] = read(a, b)
+    return out
 
 
-def open_volume(path: str | Path, key: str | None = None, fmt: str | None = None, kind: str = "raw") -> Volume:
+class _WebknossosArray:
+    """One mag of a webKnossos layer as a (z, y, x[, c]) array in that mag's global voxels.
+
+    Windows are read with the MagView read API (coordinates in mag 1, data (c, x, y, z)).
+    """
+
+    def __init__(self, mag_view: Any, num_channels: int) -> None:
+        self._view = mag_view
+        self._mag = np.asarray(mag_view.mag.to_list(), dtype=np.int64)  # x, y, z
+        self._channels = int(num_channels)
+        bottom = np.asarray(mag_view.bounding_box.bottomright.to_list(), dtype=np.int64)  # mag 1, x, y, z
+        zyx = tuple(int(v) for v in (-(-bottom // self._mag))[::-1])
+        self.shape = zyx + ((self._channels,) if self._channels > 1 else ())
+        self.dtype = np.dtype(mag_view.get_dtype())
+        self.chunks = tuple(int(v) for v in mag_view.info.chunk_shape.to_list()[::-1])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import webknossos as wk
+
+        lo = np.array([int(k.start) for k in key[:3]][::-1], dtype=np.int64)  # x, y, z of this mag
+        hi = np.array([int(k.stop) for k in key[:3]][::-1], dtype=np.int64)
+        box = wk.BoundingBox(tuple(int(v) for v in lo * self._mag), tuple(int(v) for v in (hi - lo) * self._mag))
+        data = np.asarray(self._view.read(absolute_bounding_box=box))  # (c, x, y, z), zeros outside the data
+        if self._channels > 1:
+            return np.ascontiguousarray(data.transpose(3, 2, 1, 0))
+        return np.ascontiguousarray(data[0].transpose(2, 1, 0))
+
+
+def _import_webknossos() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():  # the package warns about optional image readers it lacks
+        warnings.simplefilter("ignore")
+        import webknossos as wk
+    return wk
+
+
+def _open_webknossos(path: Path, key: str | None, kind: str, mag: str | int | None = None) -> Volume:
+    try:
+        wk = _import_webknossos()
+    except ImportError as exc:  # pragma: no cover - webknossos is a dependency of connectome reading
+        raise DataError(f"reading the webKnossos dataset {path} needs the webknossos package: pip install webknossos") from exc
+    try:
+        ds = wk.Dataset.open(path)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot open webKnossos dataset {path}: {shorten(exc, 200)}") from None
+    layers = sorted(ds.layers)
+    if not key:
+        raise DataError(f"webKnossos dataset {path} needs a key naming the layer to read; layers present: {_listing(layers)}")
+    if key not in ds.layers:
+        raise DataError(f"webKnossos dataset {path} has no layer {key!r}; layers present: {_listing(layers)}")
+    layer = ds.get_layer(key)
+    mags = [m.to_layer_name() for m in sorted(layer.mags)]
+    if not mags:
+        raise DataError(f"webKnossos dataset {path}, layer {key!r} has no mag on disk")
+    try:
+        view = layer.get_finest_mag() if mag is None or str(mag) == "" else layer.get_mag(mag)
+    except Exception:  # noqa: BLE001 - IndexError for an absent mag, ValueError for a malformed one
+        raise DataError(f"webKnossos dataset {path}, layer {key!r} has no mag {str(mag)!r}; mags present: {_listing(mags)}") from None
+    factor = np.asarray(ds.voxel_size_with_unit.to_nanometer().to_list(), dtype=np.float64)  # x, y, z
+    hint = tuple(float(v) for v in (factor * np.asarray(view.mag.to_list()))[::-1])
+    return _make(_WebknossosArray(view, layer.num_channels), path, "webknossos", key, kind, hint=hint)  # type: ignore[arg-type]
+
+
+class _PrecomputedArray:
+    """A neuroglancer precomputed scale (x, y, z, c) as (z, y, x[, c]) in global voxels."""
+
+    def __init__(self, store: Any) -> None:
+        import tensorstore as ts
+
+        channels = int(store.domain.shape[3])
+        self._channels = channels
+        zyx = store[ts.d["z", "y", "x", "channel"].transpose[:]]
+        self._store = zyx if channels > 1 else zyx[..., 0]
+        dom = store.domain
+        self._origin = [int(dom.inclusive_min[i]) for i in (2, 1, 0)]
+        self._end = [int(dom.exclusive_max[i]) for i in (2, 1, 0)]
+        self.shape = tuple(self._end) + ((channels,) if channels > 1 else ())
+        self.dtype = np.dtype(store.dtype.numpy_dtype)
+        chunk = store.chunk_layout.read_chunk.shape
+        self.chunks = tuple(int(chunk[i]) for i in (2, 1, 0)) if chunk is not None else None
+
+    def _read(self, lo: list[int], hi: list[int]) -> np.ndarray:
+        sel = tuple(slice(a, b) for a, b in zip(lo, hi))
+        return np.asarray(self._store[sel].read().result())
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        extra = (self._channels,) if self._channels > 1 else ()
+        return _padded(self._read, key, self._origin, self._end, extra, self.dtype)
+
+
+def _open_precomputed(path: Path, key: str | None, kind: str, mag: str | int | None = None) -> Volume:
+    folder = path / key if key else path
+    info = _read_json(folder / "info")
+    if info.get("@type") != _PRECOMPUTED_TYPE:
+        raise DataError(
+            f"precomputed volume {folder} has no info file of @type {_PRECOMPUTED_TYPE!r}"
+            + (f" (key {key!r})" if key else "")
+            + "; give the folder that holds the info file"
+        )
+    scales = info.get("scales") or []
+    keys = [str(s.get("key")) for s in scales]
+    if mag is None or str(mag) == "":
+        index = 0
+    elif str(mag) in keys:
+        index = keys.index(str(mag))
+    elif str(mag).isdigit() and int(mag) < len(scales):
+        index = int(mag)
+    else:
+        raise DataError(f"precomputed volume {folder} has no scale {str(mag)!r}; give a scale index 0..{len(scales) - 1} or a key of {_listing(keys)}")
+    try:
+        import tensorstore as ts
+
+        spec = {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": str(folder.resolve())},
+            "scale_index": index,
+            "context": {"cache_pool": {"total_bytes_limit": 0}},
+        }
+        store = ts.open(spec, read=True).result()
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot open precomputed volume {folder} (scale {index}): {shorten(exc, 200)}") from None
+    try:
+        resolution = [float(v) for v in scales[index]["resolution"]]  # x, y, z nm
+        hint: tuple[float, float, float] | None = (resolution[2], resolution[1], resolution[0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        hint = None
+    return _make(_PrecomputedArray(store), path, "precomputed", key, kind, hint=hint)
+
+
+_OPENERS = {
+    "slices": _open_slices, "hdf5": _open_hdf5, "zarr": _open_zarr, "n5": _open_n5, "tiff": _open_tiff,
+    "webknossos": _open_webknossos, "precomputed": _open_precomputed,
+}
+
+
+def open_volume(
+    path: str | Path, key: str | None = None, fmt: str | None = None, kind: str = "raw", *, mag: str | int | None = None
+) -> Volume:
     """Open a 3-D (z, y, x) volume lazily; ``kind`` "raw" or "label" decides RGB handling.
 
-    Nothing but metadata is read here; reads happen window by window.
+    ``mag`` picks the magnification of a webKnossos layer or the scale of a precomputed
+    volume. Nothing but metadata is read here; reads happen window by window.
     """
-    p = Path(path).expanduser()
+    p = Path(str(path).removeprefix("file://")).expanduser()
     if kind not in ("raw", "label"):
         raise ValueError(f"kind must be 'raw' or 'label', got {kind!r}")
     if fmt:
@@ -488,7 +680,10 @@ def open_volume(path: str | Path, key: str | None = None, fmt: str | None = None
             raise DataError(f"volume not found: {p}")
     else:
         name = detect_format(p)
-    vol = _OPENERS[name](p, key or None, kind)
+    if mag is not None and name not in MAG_FORMATS:
+        raise DataError(f"volume {p} is {name}: mag applies to {' and '.join(MAG_FORMATS)} volumes only; remove it")
+    extra = {"mag": mag} if name in MAG_FORMATS else {}
+    vol = _OPENERS[name](p, key or None, kind, **extra)
     logger.debug("opened %r", vol)
     return vol
 

@@ -43,6 +43,7 @@ from .runner import (
     stop_on_signal,
 )
 from .runs import Run, RunError, latest_run, new_run, open_run
+from .scale import Sample, cluster_spec, sample, sample_plan, uses_dask, uses_partitions
 from .steps import (
     analyze_presynapse,
     build,
@@ -92,6 +93,12 @@ from .sweep import (
 )
 
 __all__ = [
+    "Sample",
+    "cluster_spec",
+    "sample",
+    "sample_plan",
+    "uses_dask",
+    "uses_partitions",
     "Artifact",
     "Combination",
     "ReportError",

@@ -63,6 +63,17 @@ CACHE_RECORD = _a("cache_record", "cache.json", "json", "01_load", "which cached
 CUBES = _a("cubes", "cubes", "cube store", "01_load", "raw + structure bits per synapse (a link into the cache when caching)")
 SKIPPED = _a("skipped", "tables/skipped.parquet", "parquet", "01_load", "synapses that could not be built, with reasons", csv=True)
 
+SAMPLE = _a("sample", "tables/sample.parquet", "parquet", "01_load",
+           "connectome runs: the sampled synapses, written before any cube is built (with viewer links)", csv=True)
+SAMPLE_RECORD = _a("sample_record", "tables/sample.json", "json", "01_load",
+                   "connectome runs: the sampling plan, counts per stratum or axon, notes")
+REJECTED = _a("rejected", "tables/rejected.parquet", "parquet", "01_load",
+              "connectome runs: rows of the synapse table that cannot be used (outside the volume, unknown ids), with reasons", csv=True)
+ENGINE_CUBES = _a("engine_cubes", "cubes/engine.json", "json", "01_load",
+                  "Dask engine runs: what the cube partitions were built from (other inputs clear them)")
+FEATURE_PARTS = _a("feature_parts", "features_parts", "folder", "03_extract",
+                   "Dask engine runs: one folder of features per cube partition (a stopped run resumes from them)")
+
 # --- 02_pretrain (only with pretrain: true)
 PRETRAIN_DIR = _a("pretrain_dir", "pretrain", "folder", "02_pretrain",
                   "the training folder (a link into the cache when caching and the training is finished)")

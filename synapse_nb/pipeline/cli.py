@@ -1,4 +1,4 @@
-"""Command line: ``python -m synapse_nb demo-data | convert-vnc | run <yaml> | pretrain <yaml> | sweep <yaml>``."""
+"""Command line: ``python -m synapse_nb demo-data | connectome-data | convert-vnc | run <yaml> | pretrain <yaml> | sweep <yaml>``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,20 @@ def _demo_data(args: argparse.Namespace) -> int:
         raise DataError(f"demo-data: {exc}") from None
     table = make_demo_dataset(args.out, spec)
     logger.info("demo dataset with %d synapses in %d bboxes written to %s", len(table), spec.n_bboxes, args.out)
+    return 0
+
+
+def _connectome_data(args: argparse.Namespace) -> int:
+    from ..data.synthetic_connectome import make_synthetic_connectome
+
+    try:
+        made = make_synthetic_connectome(args.out, shape_zyx=tuple(args.shape), n_synapses=args.synapses, seed=args.seed,
+                                         webknossos=not args.no_webknossos)
+    except ValueError as exc:
+        raise DataError(f"connectome-data: {exc}") from None
+    logger.info("synthetic connectome: %d synapses, %d axons, %d segments in %s x %s x %s voxels (z, y, x), %.0f s; "
+                "description %s (set connectome: %s in a parameter file)", made.n_synapses, made.n_axons,
+                made.n_segments, *made.shape_zyx, made.seconds, made.description, made.description)
     return 0
 
 
@@ -99,6 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="bbox shape in voxels")
     demo.add_argument("--seed", type=int, default=None, help="default 0")
     demo.set_defaults(func=_demo_data)
+    conn = sub.add_parser("connectome-data", help="write the synthetic connectome (chunked zarr and webKnossos layers, "
+                          "synapse table, agglomerates, connectome descriptions)")
+    conn.add_argument("--out", default="data/connectome", help="output folder (default data/connectome)")
+    conn.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=[512, 1024, 1024],
+                      help="volume shape in voxels (default 512 1024 1024)")
+    conn.add_argument("--synapses", type=int, default=3000, help="number of synapses (default 3000)")
+    conn.add_argument("--seed", type=int, default=0, help="default 0")
+    conn.add_argument("--no-webknossos", action="store_true", help="write the zarr layers only")
+    conn.set_defaults(func=_connectome_data)
     vnc = sub.add_parser("convert-vnc", help="convert the real Drosophila VNC ssTEM stack (CC BY-NC-SA 3.0) into a dataset")
     vnc.add_argument("--src", default="../shared/realdata/drosophila_vnc_sstem", help="source folder holding stack1/")
     vnc.add_argument("--out", default="data/vnc", help="output folder, replaced whole (default data/vnc; never commit it)")

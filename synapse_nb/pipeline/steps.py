@@ -70,6 +70,7 @@ from ..training import (
     upto_for,
 )
 from . import artifacts as A
+from . import scale
 from . import cache
 from .runs import Run, RunError
 
@@ -87,8 +88,12 @@ def resolve_parameters(cfg: Config) -> Config:
     With a dataset description (``dataset``) its voxel size and label ids replace
     ``voxel_size_nm`` / ``label_table``, and the folders of the original layout (``raw_dir``
     ...) are not read at all, so they are recorded empty rather than as the demo's. An
-    invalid description is a :class:`ConfigError` naming the ``dataset`` key.
+    invalid description is a :class:`ConfigError` naming the ``dataset`` key. With a connectome
+    description (``connectome``) none of the bbox-dataset keys is read; they are recorded empty.
     """
+    if cfg.connectome:  # the description holds the data: the bbox-dataset keys are not read at all
+        return cfg.model_copy(update={"dataset": "", "raw_dir": "", "seg_dir": "", "mask_dir": "", "table_dir": "",
+                                      "bboxes": [], "label_table": {}})
     if not cfg.dataset or not Path(cfg.dataset).expanduser().is_file():
         return cfg  # nothing to resolve yet: 01_load names the missing file when it runs
     try:
@@ -214,10 +219,19 @@ def make_cubes(bboxes: Sequence[BboxData], cfg: Config, progress: bool = True) -
     return cubes
 
 
-def build(bboxes: Sequence[BboxData], cfg: Config, run: Run, progress: bool = True) -> CubeSet:
+def build(bboxes: Sequence[BboxData], cfg: Config, run: Run, progress: bool = True, *,
+          sample: scale.Sample | None = None) -> CubeSet:
     """01_load: the run's cubes, reused from the cache when what decides them is unchanged;
-    the run's ``cubes`` folder holds them (a link into the cache when caching)."""
+    the run's ``cubes`` folder holds them (a link into the cache when caching).
+
+    A connectome run builds its ``sample`` (drawn and written here when not given), and any run
+    with ``engine: dask`` builds in partitions (:mod:`.scale`): resumable, no cache."""
     check_dataset(bboxes, cfg)
+    if scale.uses_partitions(cfg):
+        if cfg.connectome and sample is None:
+            sample = scale.sample(bboxes, cfg, run)
+        return scale.build_partitioned(bboxes, cfg, run, geometry=geometry(cfg), refused=refused_types(bboxes),
+                                       sample_table=sample.table if sample is not None else None, progress=progress)
     cubes, entry = cache.reuse_or_compute(
         run, cfg, "cubes", compute=lambda: make_cubes(bboxes, cfg, progress=progress),
         store=lambda c, folder: c.save(folder), load=CubeSet.load,
@@ -543,6 +557,13 @@ def extract(cubes: CubeSet, model: VGG3D, info: ModelInfo, cfg: Config, run: Run
     ``device`` (default: ``cfg.device`` resolved here, before any work) is where the network runs;
     the result says where its features were computed (for a reused entry: where they were made)."""
     device = network_device(cfg) if device is None else device
+    if scale.is_partitioned(run.cubes_dir):
+        weights = pretrained_weights(run) if cfg.pretrain else (cfg.weights_path or None)
+        name = seed_csv_name(cfg.extraction_method, cfg.layer_num, cfg.pooling_method, cfg.segmentation_type, cfg.alpha)
+        return scale.extract_partitioned(
+            run.cubes_dir, scale.network_spec(weights, cfg.seed), ExtractionSettings.from_config(cfg, info),
+            describe(info, cfg), name, cfg, run, device_name=describe_device(device), progress=not in_batch(),
+        )
     upstream = None
     if cfg.cache_dir:
         if not run.cubes_dir.exists():  # nothing on disk identifies these cubes: no reuse
