@@ -74,7 +74,7 @@ from .agglomerates import DEFAULT_KEY as AGGLOMERATE_KEY
 from .agglomerates import AgglomerateMapping
 from .bbox import BboxData
 from .viewers import check_viewer
-from .volumes import FORMAT_ALIASES, FORMATS, Volume, _apply_post, _index_plan, open_volume
+from .volumes import FORMAT_ALIASES, FORMATS, Volume, _apply_post, _index_plan, import_webknossos, open_volume
 
 logger = logging.getLogger(__name__)
 
@@ -775,11 +775,7 @@ def _matching_mag(vol: Volume, target: Sequence[float]) -> str | None:
     """The mag / scale of a multiscale layer whose voxel size is ``target`` (z, y, x)."""
     try:
         if vol.fmt == "webknossos":
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import webknossos as wk
+            wk = import_webknossos()
             ds = wk.Dataset.open(vol.path)
             base = np.asarray(ds.voxel_size_with_unit.to_nanometer().to_list(), dtype=np.float64)
             for mag in sorted(ds.get_layer(vol.key).mags):

@@ -39,6 +39,7 @@ from scipy import ndimage as ndi
 from ..core.atomic import write_text
 from ..core.labels import DEMO_CLASS_COLUMN, LabelIds
 from ..core.progress_bars import progress as progress_bar
+from .volumes import import_webknossos
 from .demo import (
     _ALL_CLASS_PARAMS,
     _HALF_GAP,
@@ -609,7 +610,7 @@ def _check_out(out: Path) -> None:
 
 
 def _wk_dataset(path: Path, shape, voxel_size_nm, chunk_zyx, largest_id: int):
-    import webknossos as wk
+    wk = import_webknossos()
 
     Z, Y, X = shape
     ds = wk.Dataset(path, voxel_size=tuple(float(v) for v in voxel_size_nm[::-1]), exist_ok=False)

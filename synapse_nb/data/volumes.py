@@ -542,7 +542,7 @@ class _WebknossosArray:
         self.chunks = tuple(int(v) for v in mag_view.info.chunk_shape.to_list()[::-1])
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        import webknossos as wk
+        wk = import_webknossos()
 
         lo = np.array([int(k.start) for k in key[:3]][::-1], dtype=np.int64)  # x, y, z of this mag
         hi = np.array([int(k.stop) for k in key[:3]][::-1], dtype=np.int64)
@@ -553,10 +553,15 @@ class _WebknossosArray:
         return np.ascontiguousarray(data[0].transpose(2, 1, 0))
 
 
-def _import_webknossos() -> Any:
+def import_webknossos() -> Any:
+    """The ``webknossos`` package, imported without its start-up network call (it asks PyPI for
+    a newer version in a background thread unless told not to: nothing here goes online) and
+    without its warnings about optional image readers it lacks."""
+    import os
     import warnings
 
-    with warnings.catch_warnings():  # the package warns about optional image readers it lacks
+    os.environ.setdefault("WEBKNOSSOS_SKIP_VERSION_CHECK", "True")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import webknossos as wk
     return wk
@@ -564,7 +569,7 @@ def _import_webknossos() -> Any:
 
 def _open_webknossos(path: Path, key: str | None, kind: str, mag: str | int | None = None) -> Volume:
     try:
-        wk = _import_webknossos()
+        wk = import_webknossos()
     except ImportError as exc:  # pragma: no cover - webknossos is a dependency of connectome reading
         raise DataError(f"reading the webKnossos dataset {path} needs the webknossos package: pip install webknossos") from exc
     try:
