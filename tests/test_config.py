@@ -73,6 +73,7 @@ def test_shipped_parameter_files_are_valid():
     root = Path(__file__).resolve().parents[1] / "parameters"
     files = sorted(root.glob("*.yaml"))
     assert files, "no parameter files shipped"
+    from synapse_nb.data import connectome
     from synapse_nb.data import description as dataset
     from synapse_nb.pipeline import runner, sweep
 
@@ -80,6 +81,8 @@ def test_shipped_parameter_files_are_valid():
         data = yaml.safe_load(path.read_text())
         if dataset.is_description(data):
             dataset.load_dataset_description(path)
+        elif connectome.is_connectome_description(data):
+            connectome.load_connectome_description(path)
         elif "grid" in data:
             sweep.validate(sweep.expand(sweep.read_spec(path)), list(runner.PIPELINE), str(path))
         else:

@@ -39,7 +39,8 @@ NOTEBOOK_SECTION = "notebook display"
 OUTPUT_DIRS = ("cache_dir",)
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml$")
 #: Parameter files shipped with the project: Save never replaces them (compared ignoring case).
-SHIPPED_FILES = ("demo.yaml", "ci.yaml", "vnc.yaml", "sweep_segtypes.yaml", "dataset_example.yaml", "demo_pretrain.yaml")
+SHIPPED_FILES = ("demo.yaml", "demo_hard.yaml", "ci.yaml", "vnc.yaml", "sweep_segtypes.yaml", "dataset_example.yaml",
+                 "demo_pretrain.yaml", "connectome_demo.yaml", "connectome_example.yaml")
 
 
 def message_html(text: str, kind: str = "error") -> str:
@@ -393,11 +394,11 @@ class ConfigForm:
 
 
 def _is_dataset_description(data: Mapping[str, Any]) -> bool:
-    try:
-        from ..data.description import is_description
-    except ImportError:
-        return False
-    return bool(is_description(data))
+    """Whether a YAML holds a dataset or connectome description (not run parameters)."""
+    from ..data.connectome import is_connectome_description
+    from ..data.description import is_description
+
+    return bool(is_description(data)) or bool(is_connectome_description(data))
 
 
 class ParameterFiles:
