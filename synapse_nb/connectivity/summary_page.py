@@ -4,7 +4,10 @@ Figures are plain plotly ``go.Figure`` objects (one call each, as the notebook s
 :func:`synapse_nb.connectivity.groups` re-exports them. The summary page opens offline on its own: plotly.js is embedded once in the head, every figure is a
 ``div`` drawn by it, gallery images are PNG data URIs and every string that comes from the
 data (bbox and synapse names, reasons) is HTML-escaped. It is written atomically to
-``<run>/html/presynapse_summary.html``, where the sweep index links it.
+``<run>/html/presynapse_summary.html``, where the sweep index links it. When the run has viewer
+links (a connectome run with a viewer), each group's section lists its synapses with a link
+that opens each in the viewer (escaped, http(s) only); hover labels of the maps cannot open
+links, so the links are in that table, not in the figures.
 """
 from __future__ import annotations
 
@@ -22,13 +25,23 @@ import pandas as pd
 from ..core import atomic
 from ..core import labels as L
 from ..core.progress_bars import progress
-from ..figures.gallery import cube_rows, render_rows
+from ..figures.gallery import (
+    OPEN_COLUMN,
+    VIEWER_LINK_COLUMN,
+    cube_rows,
+    has_viewer_links,
+    linked_table,
+    open_link,
+    render_rows,
+    with_viewer_links,
+)
 from ..figures.maps import note_figure
 from .stats import GROUP_COLUMN
 
 if TYPE_CHECKING:
     import matplotlib.figure
     import plotly.graph_objects as go
+    from pandas.io.formats.style import Styler
 
     from ..core.config import Config
     from ..cubes.store import CubeSet
@@ -284,20 +297,55 @@ def _fmt(v: object) -> str:
 
 
 def table_html(df: pd.DataFrame, anchors: dict[str, str] | None = None, link_column: str | None = None) -> str:
-    """A plain table; every cell escaped; cells of ``link_column`` link to ``#anchors[value]``."""
+    """A plain table; every cell escaped; cells of ``link_column`` link to ``#anchors[value]``.
+    A ``viewer_link`` column with values becomes an ``open`` column of viewer links (http(s)
+    only; an empty column is left out)."""
     if df.empty:
         return "<p>None.</p>"
+    urls = df[VIEWER_LINK_COLUMN].tolist() if has_viewer_links(df) else None
+    df = df.drop(columns=[VIEWER_LINK_COLUMN], errors="ignore")
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    if urls is not None:
+        head += f"<th>{OPEN_COLUMN}</th>"
     rows = []
-    for rec in df.itertuples(index=False):
+    for i, rec in enumerate(df.itertuples(index=False)):
         cells = []
         for c, v in zip(df.columns, rec):
             text = html.escape(_fmt(v))
             if anchors and c == link_column and str(v) in anchors:
                 text = f'<a href="#{anchors[str(v)]}">{text}</a>'
             cells.append(f"<td>{text}</td>")
+        if urls is not None:
+            cells.append(f"<td>{open_link(urls[i])}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+#: Columns of a group's synapse list (with the viewer link when the run has one).
+MEMBER_COLUMNS = (GROUP_COLUMN, L.BBOX_COLUMN, L.NAME_COLUMN, "cluster")
+
+
+def group_members(analysis: "PresynapseAnalysis", links_from: pd.DataFrame | None = None,
+                  groups: Sequence[str] | None = None, max_groups: int | None = None) -> pd.DataFrame:
+    """The synapses of each group (all groups, or ``groups``, or the first ``max_groups``), with
+    their ``viewer_link`` matched from ``links_from`` (the cube or features table) when it has one."""
+    names = list(groups) if groups is not None else analysis.groups[GROUP_COLUMN].astype(str).tolist()
+    names = names[:max_groups] if max_groups is not None else names
+    parts = [analysis.members(g).assign(**{GROUP_COLUMN: g}) for g in names]
+    members = pd.concat(parts, ignore_index=True) if parts else analysis.synapses.iloc[:0].assign(**{GROUP_COLUMN: ""})
+    members = with_viewer_links(members, links_from)
+    cols = [c for c in (*MEMBER_COLUMNS, VIEWER_LINK_COLUMN) if c in members.columns]
+    return members[cols]
+
+
+def group_links_table(analysis: "PresynapseAnalysis", links_from: pd.DataFrame | None,
+                      max_groups: int = 12) -> "Styler | None":
+    """For 07_presynapse: the synapses of the first ``max_groups`` groups with a link that opens
+    each in the viewer; None when the run has no viewer links (nothing to show)."""
+    members = group_members(analysis, links_from, max_groups=max_groups)
+    if not has_viewer_links(members):
+        return None
+    return linked_table(members)  # type: ignore[return-value]
 
 
 def figure_html(fig: "go.Figure") -> str:
@@ -309,7 +357,7 @@ def figure_html(fig: "go.Figure") -> str:
 
 
 def _group_section(analysis: "PresynapseAnalysis", row: pd.Series, anchor: str, index: int,
-                   cubes: "CubeSet | None", cfg: "Config | None") -> str:
+                   cubes: "CubeSet | None", cfg: "Config | None", links_from: pd.DataFrame | None = None) -> str:
     g = str(row[GROUP_COLUMN])
     stats = [f"{int(row['n'])} synapses: {row['synapses']}",
              f"mean distance within the group {_fmt(row['mean_intra'])}, to other neurites of its "
@@ -327,15 +375,23 @@ def _group_section(analysis: "PresynapseAnalysis", row: pd.Series, anchor: str, 
     if cubes is not None and cfg is not None:
         uri = figure_data_uri(group_montage(cubes, analysis, cfg, [g]))
         parts.append(f'<img class="montage" src="{uri}" alt="centre planes of the synapses of {html.escape(g)}"/>')
+    if has_viewer_links(links_from):
+        members = group_members(analysis, links_from, groups=[g])
+        if has_viewer_links(members):
+            parts.append(table_html(members.drop(columns=[GROUP_COLUMN])))
     parts.append('<p><a href="#overview">back to the overview</a></p></section>')
     return "\n".join(parts)
 
 
 def summary_html(analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None, cfg: "Config | None" = None,
-                 title: str = "Presynapse connectivity") -> str:
+                 title: str = "Presynapse connectivity", *, links_from: pd.DataFrame | None = None) -> str:
     """The whole page as a string: overview (headline, test, group table, distributions, map)
-    and one section per group (heatmap, map, gallery)."""
+    and one section per group (heatmap, map, gallery, and its synapses with viewer links when
+    ``links_from``, by default the cube table, has them)."""
     from plotly.offline import get_plotlyjs
+
+    if links_from is None and cubes is not None:
+        links_from = cubes.table
 
     names = analysis.groups[GROUP_COLUMN].astype(str).tolist()
     anchors = {g: f"group-{i + 1}" for i, g in enumerate(names)}
@@ -362,7 +418,7 @@ def summary_html(analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None,
     rows = [row for _, row in analysis.groups.iterrows()]
     # two figures and a rendered gallery per group: seconds for a few dozen groups
     bar = progress(rows, desc="presynapse summary", enabled=len(rows) > SUMMARY_PROGRESS_MIN_GROUPS)
-    sections = [_group_section(analysis, row, anchors[str(row[GROUP_COLUMN])], i + 1, cubes, cfg)
+    sections = [_group_section(analysis, row, anchors[str(row[GROUP_COLUMN])], i + 1, cubes, cfg, links_from)
                 for i, row in enumerate(bar)]
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/>
 <title>{html.escape(title)}</title><style>{_STYLE}</style>
@@ -373,9 +429,10 @@ def summary_html(analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None,
 
 
 def write_summary(path: str | Path, analysis: "PresynapseAnalysis", cubes: "CubeSet | None" = None,
-                  cfg: "Config | None" = None, title: str = "Presynapse connectivity") -> Path:
+                  cfg: "Config | None" = None, title: str = "Presynapse connectivity", *,
+                  links_from: pd.DataFrame | None = None) -> Path:
     """Write :func:`summary_html` atomically to ``path``."""
-    page = summary_html(analysis, cubes, cfg, title)
+    page = summary_html(analysis, cubes, cfg, title, links_from=links_from)
     out = atomic.write_text(path, page)
     logger.info("presynapse summary (%d groups) written to %s", analysis.n_groups, out)
     return out

@@ -83,6 +83,9 @@ _PAINT_IDS = LabelIds(mito=MASK_LABELS["mito"], vesicle=MASK_LABELS["vesicle"], 
 _HALO = 16  # z-slices painted beyond each slab: side-point checks reach 15 voxels, blur 2
 _PRIORITY = {"filler": 0, "dendrite": 1, "axon": 2}  # later kinds win where tubes overlap
 _GROUP_RANGE = (2, 8)  # synapses per axon
+_SPACING_FACTOR = 0.75  # of the mean free distance per synapse: lower packs more, closer
+_CORE_MARGIN = 2.0  # voxels kept between a synapse centre and another synapse's core sphere
+_AXON_TRIES = 10  # random axon paths tried per group
 
 
 @dataclass(frozen=True)
@@ -155,35 +158,105 @@ def _split(rng: np.random.Generator, n: int, first_id: int) -> np.ndarray:
 
 
 def _spacing(shape, n: int) -> float:
+    """Minimum distance between cleft centres: loose enough that ``n`` fit (random packing)."""
     free = float(np.prod(np.maximum(np.asarray(shape, float) - 40, 1.0)))
-    return float(min(50.0, max(18.0, 0.9 * (free / n) ** (1 / 3))))
+    return float(min(50.0, max(18.0, _SPACING_FACTOR * (free / n) ** (1 / 3))))
 
 
-def _axon_sites(rng, shape, cls: str, k: int, cy, cx, centres: np.ndarray, spacing: float) -> list[tuple]:
-    """Up to ``k`` synapse sites (centre, normal, tangent, geometry, near) along one axon."""
+def _core_spheres(c: np.ndarray, n: np.ndarray, geoms: dict[str, np.ndarray], post: str) -> list[tuple]:
+    """Spheres (centres (m, 3), radii (m,)) holding each candidate's protected core.
+
+    The bouton (centre - normal * db, rb) and the partner's head (spine) or the shaft near the
+    cleft; a later synapse whose centre falls in an earlier core is dropped while painting.
+    """
+    spheres = [(c - n * geoms["db"][:, None], geoms["rb"])]
+    if post == "spine":
+        spheres.append((c + n * geoms["dp"][:, None], geoms["post_r"]))
+    else:
+        spheres.append((c, geoms["rc"] + 8.0))
+    return spheres
+
+
+class _Occupancy:
+    """Placed synapse centres and core spheres, with k-d trees for the vectorised site tests."""
+
+    def __init__(self) -> None:
+        self.centres = np.zeros((0, 3))
+        self.sphere_c = np.zeros((0, 3))
+        self.sphere_r = np.zeros(0)
+        self._trees = None
+
+    def add(self, centres: np.ndarray, spheres: list[tuple]) -> None:
+        self.centres = np.vstack([self.centres, centres])
+        self.sphere_c = np.vstack([self.sphere_c, *[s[0] for s in spheres]])
+        self.sphere_r = np.concatenate([self.sphere_r, *[s[1] for s in spheres]])
+        self._trees = None
+
+    def free(self, c: np.ndarray, spheres: list[tuple], spacing: float) -> np.ndarray:
+        """Per candidate: far enough from every placed centre, not in a placed core, no centre in its own."""
+        from scipy.spatial import cKDTree
+
+        ok = np.ones(len(c), bool)
+        if not len(self.centres) or not len(c):
+            return ok
+        if self._trees is None:
+            self._trees = (cKDTree(self.centres), cKDTree(self.sphere_c))
+        tc, ts = self._trees
+        ok &= tc.query(c)[0] >= spacing
+        for sc, sr in spheres:  # no placed centre inside the candidate's cores
+            ok &= tc.query(sc)[0] >= sr + _CORE_MARGIN
+        rmax = float(self.sphere_r.max()) + _CORE_MARGIN
+        kk = min(8, len(self.sphere_c))
+        dist, idx = ts.query(c, k=kk, distance_upper_bound=rmax)
+        dist, idx = dist.reshape(len(c), kk), idx.reshape(len(c), kk)
+        radius = np.append(self.sphere_r, -np.inf)[idx]  # missing neighbours: index len(tree)
+        ok &= ~np.any(dist < radius + _CORE_MARGIN, axis=1)
+        return ok
+
+
+def _pair_free(c: np.ndarray, spheres: list[tuple], i: int, chosen: list[int], spacing: float) -> bool:
+    """Candidate ``i`` against the already chosen candidates of the same axon (few: a loop is fine)."""
+    if not chosen:
+        return True
+    j = np.asarray(chosen)
+    if np.min(np.linalg.norm(c[j] - c[i], axis=1)) < spacing:
+        return False
+    for sc, sr in spheres:
+        if np.any(np.linalg.norm(sc[j] - c[i], axis=1) < sr[j] + _CORE_MARGIN):
+            return False
+        if np.any(np.linalg.norm(c[j] - sc[i], axis=1) < sr[i] + _CORE_MARGIN):
+            return False
+    return True
+
+
+def _axon_sites(rng, shape, cls: str, k: int, cy, cx, occupied: _Occupancy, spacing: float) -> list[tuple]:
+    """Up to ``k`` synapse sites (centre, normal, tangent, geometry, near) along one axon.
+
+    One candidate per plane, generated and tested against the placed synapses at once; a
+    greedy pass in random plane order then keeps candidates clear of each other.
+    """
     Z = shape[0]
     margin = 20
     zs = rng.permutation(np.arange(margin, Z - margin))
     geoms = _draw_geometry(rng, cls, len(zs))
-    chosen: list[tuple] = []
+    up, down = np.minimum(zs + 1, Z - 1), zs - 1
+    t = np.column_stack([np.ones(len(zs)), cy[up] - cy[down], cx[up] - cx[down]])
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    a = np.column_stack([np.zeros(len(zs)), rng.normal(size=(len(zs), 2))])
+    n = a - (a * t).sum(1, keepdims=True) * t
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    c = np.round(np.column_stack([zs, cy[zs], cx[zs]]) + n * geoms["db"][:, None])
     hi = np.asarray(shape, float) - 1 - margin
-    for i, z in enumerate(zs):
+    post = _ALL_CLASS_PARAMS[cls]["post"]
+    spheres = _core_spheres(c, n, geoms, post)
+    ok = np.all((c >= margin) & (c <= hi), axis=1) & occupied.free(c, spheres, spacing)
+    chosen: list[int] = []
+    for i in np.flatnonzero(ok):
         if len(chosen) == k:
             break
-        t = _unit(np.array([1.0, cy[min(z + 1, Z - 1)] - cy[z - 1], cx[min(z + 1, Z - 1)] - cx[z - 1]]))
-        a = np.array([0.0, *rng.normal(size=2)])
-        n = _unit(a - a.dot(t) * t)
-        db = geoms["db"][i]
-        c = np.round(np.array([z, cy[z], cx[z]]) + n * db)
-        if np.any(c < margin) or np.any(c > hi):
-            continue
-        others = [ch[0] for ch in chosen]
-        if len(centres) and np.min(np.linalg.norm(centres - c, axis=1)) < spacing:
-            continue
-        if others and np.min(np.linalg.norm(np.asarray(others) - c, axis=1)) < spacing:
-            continue
-        chosen.append((c, n, t, {key: float(v[i]) for key, v in geoms.items()}, False))
-    return chosen
+        if _pair_free(c, spheres, int(i), chosen, spacing):
+            chosen.append(int(i))
+    return [(c[i], n[i], t[i], {key: float(v[i]) for key, v in geoms.items()}, False) for i in chosen]
 
 
 def _plan(shape: tuple[int, int, int], n_synapses: int, seed: int) -> _Plan:
@@ -195,7 +268,7 @@ def _plan(shape: tuple[int, int, int], n_synapses: int, seed: int) -> _Plan:
     neurites: list[_Neurite] = []
     synapses: list[_Synapse] = []
     axon_of: list[int] = []
-    centres = np.zeros((0, 3))
+    occupied = _Occupancy()
     next_sid = 1
     failures = 0
 
@@ -211,10 +284,10 @@ def _plan(shape: tuple[int, int, int], n_synapses: int, seed: int) -> _Plan:
         k = int(min(rng.integers(_GROUP_RANGE[0], _GROUP_RANGE[1] + 1), max(1, n_synapses - len(synapses))))
         cls = _class_for_next_group(counts, rng)
         best = None
-        for _ in range(10):
+        for _ in range(_AXON_TRIES):
             y0, x0 = rng.uniform(0.1, 0.9) * Y, rng.uniform(0.1, 0.9) * X
             cy, cx = _path(rng, shape, 0, Z, y0, x0, Z / 2, 0.3)
-            sites = _axon_sites(rng, shape, cls, k, cy, cx, centres, spacing)
+            sites = _axon_sites(rng, shape, cls, k, cy, cx, occupied, spacing)
             if best is None or len(sites) > len(best[2]):
                 best = (cy, cx, sites)
             if len(sites) == k:
@@ -243,7 +316,9 @@ def _plan(shape: tuple[int, int, int], n_synapses: int, seed: int) -> _Plan:
             synapses.append(syn)
             axon_of.append(axon.nid)
             counts[cls] += 1
-        centres = np.vstack([centres, [s[0] for s in sites]])
+        c = np.array([site[0] for site in sites], float)
+        geoms = {key: np.array([site[3][key] for site in sites]) for key in sites[0][3]}
+        occupied.add(c, _core_spheres(c, np.array([site[1] for site in sites]), geoms, _ALL_CLASS_PARAMS[cls]["post"]))
     if len(synapses) < n_synapses:
         logger.warning("synthetic connectome: placed %d of %d synapses (volume %s too small for spacing %.0f)",
                        len(synapses), n_synapses, shape, spacing)

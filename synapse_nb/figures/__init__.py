@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from .gallery import cluster_montage, cube_rows, depth_gif, gif_gallery, render_rows
+from .gallery import (
+    OPEN_COLUMN,
+    VIEWER_LINK_COLUMN,
+    cluster_montage,
+    cube_rows,
+    depth_gif,
+    gif_gallery,
+    has_viewer_links,
+    linked_table,
+    open_link,
+    render_rows,
+    representatives_table,
+    with_viewer_links,
+)
 from .markers import CubeMarker, PlaneMark, cube_markers, draw_marks, marker_note, plane_marks
 from .maps import (
     analysis_frame,
@@ -34,6 +47,13 @@ from .plots import (
 from .training import augmentation_figure, loss_curve
 
 __all__ = [
+    "OPEN_COLUMN",
+    "VIEWER_LINK_COLUMN",
+    "has_viewer_links",
+    "linked_table",
+    "open_link",
+    "representatives_table",
+    "with_viewer_links",
     "CubeMarker",
     "PlaneMark",
     "cube_markers",

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 import nbformat
 
 from ..core import atomic
+from ..core import labels as L
 from ..figures import maps
+from ..figures.gallery import VIEWER_LINK_COLUMN, has_viewer_links, linked_table
 from . import artifacts as A
 from .runs import Run
 
 if TYPE_CHECKING:
     import pandas as pd
+    from pandas.io.formats.style import Styler
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +154,24 @@ class RunSummary:
     attention: "pd.DataFrame | None" = None
     attention_meta: dict = field(default_factory=dict)
     extraction_device: str = ""  # where 03_extract computed the features, e.g. 'cpu' or 'cuda:0 (NVIDIA A100)'
+    sample: dict = field(default_factory=dict)  # tables/sample.json of a connectome run; {} for bbox runs
+    #: each cluster's representatives (cluster, rank, bbox, Var1, viewer_link) when the run has viewer links
+    representatives: "pd.DataFrame | None" = None
+
+    @property
+    def connectome(self) -> str:
+        """The connectome's name (its single bbox) for connectome runs, else ""."""
+        if not self.sample:
+            return ""
+        names = self.data["bbox"].astype(str).unique().tolist() if len(self.data) else []
+        return names[0] if len(names) == 1 else Path(str(self.sample.get("connectome", ""))).stem
 
     def headline(self) -> str:
         n = len(self.frame)
-        text = f"**{n} synapses** from {self.data['bbox'].nunique() if len(self.data) else 0} bboxes"
+        if self.sample:
+            text = f"**{n} synapses** sampled from connectome `{self.connectome}`"
+        else:
+            text = f"**{n} synapses** from {self.data['bbox'].nunique() if len(self.data) else 0} bboxes"
         q = self.quality
         if q:
             chosen = q.get("k_chosen_by")
@@ -168,6 +185,30 @@ class RunSummary:
 
     def warnings_markdown(self) -> str:
         return "\n".join(f"- ⚠ {w}" for w in self.warnings) if self.warnings else "No warnings."
+
+    def data_markdown(self) -> str:
+        """Connectome runs: one line naming the connectome and the sample (policy, counts,
+        rejected rows, notes); "" for bbox runs. Names the description file, not its folder."""
+        r = self.sample
+        if not r:
+            return ""
+        plan = r.get("plan") or {}
+        source = Path(str(r.get("connectome", ""))).name
+        text = (f"Data: connectome `{self.connectome}`" + (f" (description `{source}`)" if source else "")
+                + f": **{int(r.get('sampled', 0)):,} of {int(r.get('usable', 0)):,}** usable synapses sampled"
+                + (f" (policy `{plan['policy']}`, seed {plan.get('seed')})" if plan.get("policy") else "") + ".")
+        rejected = int(r.get("rejected", 0) or 0)
+        if rejected:
+            text += f" {rejected:,} rows of the synapse table could not be used (`tables/rejected.csv`)."
+        notes = " ".join(str(n) for n in r.get("notes", []) or [])
+        return text + (f" {notes}" if notes else "")
+
+    def representatives_table(self) -> "Styler | None":
+        """Each cluster's representatives with a link that opens each in the viewer; None when
+        the run has no viewer links (bbox runs, connectomes without a viewer)."""
+        if self.representatives is None or not has_viewer_links(self.representatives):
+            return None
+        return linked_table(self.representatives)  # type: ignore[return-value]
 
     def presynapse_markdown(self) -> str:
         """One sentence on the shared-neurite permutation test of 07_presynapse (if it ran),
@@ -238,7 +279,35 @@ def run_summary(run_path: str | Path, class_column: str = "synapse_class") -> Ru
     attention_meta = record(A.ATTENTION_META)
     attention = table(A.ATTENTION_OVERLAP_SUMMARY)
     return RunSummary(run_path, param_table, data, cluster_table, skipped, frame, quality, agreement, extraction,
-                      warnings_list, presynapse, attention, attention_meta, device)
+                      warnings_list, presynapse, attention, attention_meta, device,
+                      sample=record(A.SAMPLE_RECORD), representatives=_representatives(run, features, emb, clusters))
+
+
+def _representatives(run: Run, features: "pd.DataFrame", emb: "pd.DataFrame", clusters: "pd.DataFrame") -> "pd.DataFrame | None":
+    """The synapses closest to each cluster centroid in 04_reduce's PCA space (as 05_cluster
+    shows them, ``n_representatives`` of 05's parameters), with their viewer links; None without
+    viewer links or clusters."""
+    import pandas as pd
+
+    from ..analysis.clustering import representatives
+    from ..analysis.reduce import pca_columns
+
+    n_rows = len(features)
+    if not (has_viewer_links(features) and n_rows and len(emb) == n_rows and len(clusters) == n_rows
+            and "cluster_label" in clusters.columns and pca_columns(emb)):
+        return None
+    params = run.read(A.STEP_PARAMS, step="05_cluster") if run.has(A.STEP_PARAMS, step="05_cluster") else {}
+    n = int((params or {}).get("n_representatives", 3) or 3)
+    labels = clusters["cluster_label"].to_numpy()
+    names = clusters["cluster"].astype(str).to_numpy() if "cluster" in clusters.columns else labels.astype(str)
+    reps = representatives(emb[pca_columns(emb)].to_numpy(), labels, n=n)
+    cols = [c for c in (L.BBOX_COLUMN, L.NAME_COLUMN, VIEWER_LINK_COLUMN) if c in features.columns]
+    parts = [features.iloc[rows][cols].assign(cluster=str(names[rows[0]]), rank=range(1, len(rows) + 1))
+             for rows in reps.values() if rows]
+    if not parts:
+        return None
+    out = pd.concat(parts, ignore_index=True)
+    return out[["cluster", "rank", *cols]]
 
 
 def _cluster_table(frame: "pd.DataFrame") -> "pd.DataFrame":

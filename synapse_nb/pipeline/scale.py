@@ -188,8 +188,9 @@ def sample(data: Sequence[BboxData], cfg: Config, run: "Run") -> Sample | None:
         )
     spec = load_connectome_description(cfg.connectome)
     table = result.table.copy()
-    table["viewer_link"] = viewer_links(table, spec.viewer, dataset=bbox.dataset or bbox.name,
-                                        voxel_size_nm=bbox.voxel_size_nm) if spec.viewer else None
+    viewer = spec.spec.viewer
+    table["viewer_link"] = viewer_links(table, viewer, dataset=bbox.dataset or bbox.name,
+                                        voxel_size_nm=bbox.voxel_size_nm) if viewer else None
     result.table = table
     rejected = getattr(bbox, "rejected", None)
     rejected = rejected if isinstance(rejected, pd.DataFrame) else pd.DataFrame(columns=[L.NAME_COLUMN, "table_row", "reason"])

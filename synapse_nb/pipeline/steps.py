@@ -627,9 +627,15 @@ def save_clusters(run: Run, features: pd.DataFrame, emb: pd.DataFrame, result: C
                   stab: pd.DataFrame, agreement: pd.DataFrame, cfg: Config,
                   brightness: BrightnessCheck | None = None) -> dict[str, Path]:
     """Write what later notebooks and sweeps read: clusters, stability, agreement, quality (with
-    the feature set, how k was chosen and the brightness check), AnnData."""
+    the feature set, how k was chosen and the brightness check), AnnData. The clusters table
+    carries each synapse's ``viewer_link`` when the run has viewer links (connectome runs)."""
+    from ..figures.gallery import VIEWER_LINK_COLUMN, has_viewer_links
+
+    clusters = C.clusters_table(features, result)
+    if has_viewer_links(features):
+        clusters[VIEWER_LINK_COLUMN] = features[VIEWER_LINK_COLUMN].to_numpy(dtype=object)
     paths = {
-        "clusters": run.write(A.CLUSTERS, C.clusters_table(features, result)),
+        "clusters": run.write(A.CLUSTERS, clusters),
         "stability": run.write(A.STABILITY, stab),
         "agreement": run.write(A.AGREEMENT, agreement),
     }

@@ -3,10 +3,13 @@ the 2-D map and see those synapses' slices and metadata beside it.
 
 The map is the same figure :func:`synapse_nb.figures.maps.embedding_map` draws for the report, made
 a plotly ``FigureWidget`` so clicks and selections reach Python. Points are matched back to
-table rows by their coordinates, whatever traces the figure was split into.
+table rows by their coordinates, whatever traces the figure was split into. When the frame has
+viewer links (a connectome run with a viewer), the chosen synapses' links are shown above the
+slices and in the table's ``open`` column (escaped, http(s) only).
 """
 from __future__ import annotations
 
+import html
 import logging
 from typing import TYPE_CHECKING, Sequence
 
@@ -16,7 +19,7 @@ import pandas as pd
 
 from ..core import labels as L
 from ..cubes.prepost import partner_table, polarity_known
-from ..figures.gallery import cube_rows, render_rows
+from ..figures.gallery import VIEWER_LINK_COLUMN, cube_rows, has_viewer_links, linked_table, open_link, render_rows
 from ..figures.maps import embedding_map
 from .form import message_html
 from .preview import names_pre_or_post, plane_png
@@ -83,7 +86,12 @@ class Explorer:
         self.images.add_class("snb-explore-slices")
         self.table = W.HTML()
         self.message = W.HTML(message_html("Pick points on the map to see their slices here.", "info"))
-        side = W.VBox([self.message, self.images, self.table], layout=W.Layout(width="460px"))
+        #: the chosen synapses' "open in viewer" links; in the layout only when the frame has links
+        self.links = W.HTML()
+        self.links.add_class("snb-explore-links")
+        self.has_links = has_viewer_links(self.frame)
+        shown = [self.message, self.links, self.images, self.table] if self.has_links else [self.message, self.images, self.table]
+        side = W.VBox(shown, layout=W.Layout(width="460px"))
         self.widget = W.HBox([self.fig, side])
 
     def _rows(self, trace, points) -> tuple[int, list[int]]:
@@ -107,7 +115,7 @@ class Explorer:
         """Show the synapses at ``rows`` of the frame (what a click or a lasso does)."""
         self.selected = list(dict.fromkeys(int(r) for r in rows))
         if not self.selected:
-            self.images.value, self.table.value = b"", ""
+            self.images.value, self.table.value, self.links.value = b"", "", ""
             self.message.value = message_html("Pick points on the map to see their slices here.", "info")
             return
         shown = self.selected[: self.max_shown]
@@ -124,8 +132,21 @@ class Explorer:
         if "pre_side" in meta.columns:
             meta = pd.concat([meta, partner_table(meta)], axis=1)
         cols = [c for c in META_COLUMNS if c in meta.columns and (self.polarity_known or not names_pre_or_post(c))]
-        self.table.value = meta[cols].to_html(index=False, float_format=lambda v: f"{v:,.4g}", escape=True,
-                                                                 classes="snb-explore-table", border=0)
+        if self.has_links:
+            self.links.value = self.links_html(shown)
+            styled = linked_table(meta, columns=cols, float_format=lambda v: f"{v:,.4g}")
+            self.table.value = styled.set_table_attributes('class="snb-explore-table" border="0"').to_html()
+        else:
+            self.table.value = meta[cols].to_html(index=False, float_format=lambda v: f"{v:,.4g}", escape=True,
+                                                  classes="snb-explore-table", border=0)
+
+    def links_html(self, rows: Sequence[int]) -> str:
+        """"Open in viewer" links of the synapses at ``rows`` (each named by its synapse), or ""."""
+        links = [open_link(self.frame.loc[r, VIEWER_LINK_COLUMN], str(self.frame.loc[r, L.NAME_COLUMN])) for r in rows]
+        links = [a for a in links if a]
+        if not links:
+            return ""
+        return f"<div><b>{html.escape('Open in viewer')}:</b> " + " · ".join(links) + "</div>"
 
     def montage(self, cube_rows: Sequence[int]) -> bytes:
         """Centre planes z, y, x of each chosen cube, one row per synapse, as a PNG."""
