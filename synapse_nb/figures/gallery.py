@@ -142,6 +142,8 @@ def representatives_table(df: pd.DataFrame, groups: Mapping[object, Sequence[int
     if not parts:
         return None
     rows = pd.concat(parts, ignore_index=True)
+    if not has_viewer_links(rows):
+        return None
     cols = ["cluster", "rank", *(c for c in (L.BBOX_COLUMN, L.NAME_COLUMN, L.DEMO_CLASS_COLUMN) if c in rows.columns)]
     return linked_table(rows, columns=cols)  # type: ignore[return-value]
 

@@ -19,7 +19,14 @@ import pandas as pd
 
 from ..core import labels as L
 from ..cubes.prepost import partner_table, polarity_known
-from ..figures.gallery import VIEWER_LINK_COLUMN, cube_rows, has_viewer_links, linked_table, open_link, render_rows
+from ..figures.gallery import (
+    VIEWER_LINK_COLUMN,
+    cube_rows,
+    has_viewer_links,
+    linked_table,
+    open_link,
+    render_rows,
+)
 from ..figures.maps import embedding_map
 from .form import message_html
 from .preview import names_pre_or_post, plane_png
@@ -132,9 +139,10 @@ class Explorer:
         if "pre_side" in meta.columns:
             meta = pd.concat([meta, partner_table(meta)], axis=1)
         cols = [c for c in META_COLUMNS if c in meta.columns and (self.polarity_known or not names_pre_or_post(c))]
-        if self.has_links:
-            self.links.value = self.links_html(shown)
-            styled = linked_table(meta, columns=cols, float_format=lambda v: f"{v:,.4g}")
+        self.links.value = self.links_html(shown) if self.has_links else ""
+        # a Styler with an "open" column when these synapses have links, else the plain table
+        styled = linked_table(meta, columns=cols, float_format=lambda v: f"{v:,.4g}") if self.has_links else None
+        if styled is not None and not isinstance(styled, pd.DataFrame):
             self.table.value = styled.set_table_attributes('class="snb-explore-table" border="0"').to_html()
         else:
             self.table.value = meta[cols].to_html(index=False, float_format=lambda v: f"{v:,.4g}", escape=True,
