@@ -851,11 +851,9 @@ def _apply_mapping(table: pd.DataFrame, mapping: AgglomerateMapping, partner_ids
     return reasons
 
 
-def open_connectome(path: str | Path) -> Connectome:
-    """Open a connectome description: layers lazily (metadata only), the table whole."""
-    desc = load_connectome_description(path)
-    spec = desc.spec
-    layers = spec.layers
+def _open_layers(desc: ConnectomeDescription) -> tuple[dict[str, Volume], tuple[float, float, float]]:
+    """Every layer opened lazily and checked against raw (voxel size, extent, dtype)."""
+    layers = desc.spec.layers
     vols: dict[str, Volume] = {"raw": _open_layer(desc, "raw", layers.raw)}
     for role in ("seg", "cleft", "mask"):
         lspec = getattr(layers, role)
@@ -891,17 +889,13 @@ def open_connectome(path: str | Path) -> Connectome:
         vol = vols.get(role)
         if vol is not None and not (np.issubdtype(vol.dtype, np.integer) or vol.dtype == np.bool_):
             raise DataError(f"{desc.where}: layer {role} has dtype {vol.dtype}; label layers must hold integers")
-    threshold = float(layers.cleft.threshold) if layers.cleft is not None else math.nan
-    if "cleft" in vols:
-        _check_threshold(desc, vols["cleft"], threshold)
+    return vols, raw_voxel
 
-    mapping = None
-    if spec.agglomerates is not None:
-        try:
-            mapping = AgglomerateMapping(desc.resolve(spec.agglomerates.path), spec.agglomerates.key)
-        except DataError as exc:
-            raise DataError(f"{desc.where}: agglomerates: {exc}; fix agglomerates.path / key") from None
 
+def _virtual_labels(desc: ConnectomeDescription, vols: dict[str, Volume], mapping: AgglomerateMapping | None,
+                    threshold: float) -> tuple[Any, VirtualMask | None, L.LabelIds]:
+    """The mapped segmentation, the virtual mask (labels + thresholded cleft) and their label ids."""
+    layers = desc.spec.layers
     seg: Any = vols.get("seg")
     if seg is not None and mapping is not None:
         seg = MappedSegmentation(seg, mapping)
@@ -911,10 +905,29 @@ def open_connectome(path: str | Path) -> Connectome:
     mask = None
     if "mask" in vols or "cleft" in vols:
         mask = VirtualMask(
-            shape=raw_shape, mask=vols.get("mask"), cleft=vols.get("cleft"), threshold=threshold,
-            mito=mito, vesicle=vesicle, cleft_label=cleft_id or CLEFT_LABEL,
+            shape=tuple(int(s) for s in vols["raw"].shape), mask=vols.get("mask"), cleft=vols.get("cleft"),
+            threshold=threshold, mito=mito, vesicle=vesicle, cleft_label=cleft_id or CLEFT_LABEL,
         )
-    label_ids = L.LabelIds(mito=mito, vesicle=vesicle, cleft=cleft_id, cleft2=0)
+    return seg, mask, L.LabelIds(mito=mito, vesicle=vesicle, cleft=cleft_id, cleft2=0)
+
+
+def open_connectome(path: str | Path) -> Connectome:
+    """Open a connectome description: layers lazily (metadata only), the table whole."""
+    desc = load_connectome_description(path)
+    spec = desc.spec
+    layers = spec.layers
+    vols, raw_voxel = _open_layers(desc)
+    raw_shape = tuple(int(s) for s in vols["raw"].shape)
+    threshold = float(layers.cleft.threshold) if layers.cleft is not None else math.nan
+    if "cleft" in vols:
+        _check_threshold(desc, vols["cleft"], threshold)
+    mapping = None
+    if spec.agglomerates is not None:
+        try:
+            mapping = AgglomerateMapping(desc.resolve(spec.agglomerates.path), spec.agglomerates.key)
+        except DataError as exc:
+            raise DataError(f"{desc.where}: agglomerates: {exc}; fix agglomerates.path / key") from None
+    seg, mask, label_ids = _virtual_labels(desc, vols, mapping, threshold)
 
     table_path = desc.resolve(spec.synapses.path)
     parts = read_connectome_table(table_path, spec.synapses)
@@ -934,21 +947,11 @@ def open_connectome(path: str | Path) -> Connectome:
     if spec.agglomerates is not None:
         sources["agglomerates"] = desc.resolve(spec.agglomerates.path)
     out = Connectome(
-        name=desc.name,
-        source=desc.file,
-        raw=vols["raw"],
-        seg=seg,
-        cleft=vols.get("cleft"),
-        mask=mask,
-        cleft_threshold=threshold,
-        label_ids=label_ids,
-        voxel_size_nm=raw_voxel,
-        table=table,
-        agglomerates=mapping,
+        name=desc.name, source=desc.file, raw=vols["raw"], seg=seg, cleft=vols.get("cleft"), mask=mask,
+        cleft_threshold=threshold, label_ids=label_ids, voxel_size_nm=raw_voxel, table=table, agglomerates=mapping,
         viewer=dict(spec.viewer) if spec.viewer is not None else None,
         chunk_shape=tuple(int(c) for c in chunk),  # type: ignore[arg-type]
-        rejected=rejected,
-        sources=sources,
+        rejected=rejected, sources=sources,
     )
     logger.info("%r", out)
     return out
