@@ -93,14 +93,36 @@ def test_webknossos_matches_zarr(small):
     assert ds.get_segmentation_layer("seg").largest_segment_id == small.n_segments
 
 
-def test_same_seed_same_bytes(small, tmp_path):
-    again = make_synthetic_connectome(tmp_path / "c", shape_zyx=SHAPE, n_synapses=N, seed=0, webknossos=False,
-                                      progress=False)
-    pd.testing.assert_frame_equal(again.table, small.table)
-    for name in ("raw", "seg"):
-        a = (small.zarr / name / "c" / "1" / "1" / "1").read_bytes()
-        b = (again.zarr / name / "c" / "1" / "1" / "1").read_bytes()
-        assert a == b, name
+def test_same_seed_same_bytes(tmp_path):
+    # a small volume of two slabs (64 + 32 planes), made twice with one seed and once with another
+    kw = {"shape_zyx": (96, 128, 128), "n_synapses": 12, "webknossos": False, "progress": False}
+    first, again = (make_synthetic_connectome(tmp_path / name, seed=3, **kw) for name in ("a", "b"))
+    other = make_synthetic_connectome(tmp_path / "c", seed=4, **kw)
+    assert len(first.table) > 0
+    pd.testing.assert_frame_equal(again.table, first.table)
+    for name in ("raw", "seg", "cleft", "mask"):
+        for chunk in ("0/0/0", "1/0/0"):
+            a = (first.zarr / name / "c" / chunk).read_bytes()
+            assert a == (again.zarr / name / "c" / chunk).read_bytes(), (name, chunk)
+    assert (first.zarr / "raw" / "c" / "0/0/0").read_bytes() != (other.zarr / "raw" / "c" / "0/0/0").read_bytes()
+
+
+def test_planner_places_all_asked_apart():
+    from synapse_nb.data.synthetic_connectome import _plan, _spacing
+
+    shape, n = (256, 512, 512), 375  # the default size's density on an eighth of its volume
+    plan = _plan(shape, n, seed=1)
+    assert len(plan.synapses) == n
+    c = np.array([s.center for s in plan.synapses], float)
+    d = np.linalg.norm(c[:, None] - c[None], axis=2) + np.eye(n) * 1e9
+    assert d.min() >= _spacing(shape, n) - 1e-9
+    # no centre inside another synapse's bouton (the painter would drop it)
+    bouton = np.array([s.center - s.normal * s.db for s in plan.synapses])
+    rb = np.array([s.rb for s in plan.synapses])
+    db = np.linalg.norm(c[:, None] - bouton[None], axis=2) + np.eye(n) * 1e9
+    assert (db >= rb[None] + 2).all()
+    sizes = pd.Series([plan.axon_of[i] for i in range(n)]).value_counts()
+    assert sizes.max() <= 8 and (sizes >= 2).mean() > 0.8
 
 
 def test_open_connectome_reads_both_descriptions(small):

@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -86,6 +87,7 @@ _GROUP_RANGE = (2, 8)  # synapses per axon
 _SPACING_FACTOR = 0.75  # of the mean free distance per synapse: lower packs more, closer
 _CORE_MARGIN = 2.0  # voxels kept between a synapse centre and another synapse's core sphere
 _AXON_TRIES = 10  # random axon paths tried per group
+_BLUR_HALO = 3  # planes of raw painted beyond a slab: the blur (sigma 0.7, truncate 3) reaches 2
 
 
 @dataclass(frozen=True)
@@ -192,25 +194,34 @@ class _Occupancy:
         self.sphere_r = np.concatenate([self.sphere_r, *[s[1] for s in spheres]])
         self._trees = None
 
-    def free(self, c: np.ndarray, spheres: list[tuple], spacing: float) -> np.ndarray:
-        """Per candidate: far enough from every placed centre, not in a placed core, no centre in its own."""
+    def free(self, c: np.ndarray, spheres: list[tuple], spacing: float, ok: np.ndarray) -> np.ndarray:
+        """Per candidate (where ``ok``): far from every placed centre, not in a placed core, no centre in its own."""
         from scipy.spatial import cKDTree
 
-        ok = np.ones(len(c), bool)
-        if not len(self.centres) or not len(c):
+        ok = ok.copy()
+        if not len(self.centres):
             return ok
         if self._trees is None:
             self._trees = (cKDTree(self.centres), cKDTree(self.sphere_c))
         tc, ts = self._trees
-        ok &= tc.query(c)[0] >= spacing
-        for sc, sr in spheres:  # no placed centre inside the candidate's cores
-            ok &= tc.query(sc)[0] >= sr + _CORE_MARGIN
         rmax = float(self.sphere_r.max()) + _CORE_MARGIN
         kk = min(8, len(self.sphere_c))
-        dist, idx = ts.query(c, k=kk, distance_upper_bound=rmax)
-        dist, idx = dist.reshape(len(c), kk), idx.reshape(len(c), kk)
-        radius = np.append(self.sphere_r, -np.inf)[idx]  # missing neighbours: index len(tree)
-        ok &= ~np.any(dist < radius + _CORE_MARGIN, axis=1)
+        radius = np.append(self.sphere_r, -np.inf)  # missing neighbours come as index len(tree)
+        tests = [lambda i: tc.query(c[i], distance_upper_bound=spacing)[0] >= spacing]
+        for sc, sr in spheres:  # no placed centre inside the candidate's cores
+            tests.append(lambda i, sc=sc, sr=sr: tc.query(sc[i], distance_upper_bound=float(sr.max()) + _CORE_MARGIN)[0]
+                         >= sr[i] + _CORE_MARGIN)
+
+        def in_core(i: np.ndarray) -> np.ndarray:
+            dist, idx = ts.query(c[i], k=kk, distance_upper_bound=rmax)
+            dist, idx = dist.reshape(len(i), kk), idx.reshape(len(i), kk)
+            return ~np.any(dist < radius[idx] + _CORE_MARGIN, axis=1)
+
+        for test in [*tests, in_core]:  # each test only on the candidates still in
+            i = np.flatnonzero(ok)
+            if not len(i):
+                break
+            ok[i] = test(i)
         return ok
 
 
@@ -249,7 +260,7 @@ def _axon_sites(rng, shape, cls: str, k: int, cy, cx, occupied: _Occupancy, spac
     hi = np.asarray(shape, float) - 1 - margin
     post = _ALL_CLASS_PARAMS[cls]["post"]
     spheres = _core_spheres(c, n, geoms, post)
-    ok = np.all((c >= margin) & (c <= hi), axis=1) & occupied.free(c, spheres, spacing)
+    ok = occupied.free(c, spheres, spacing, np.all((c >= margin) & (c <= hi), axis=1))
     chosen: list[int] = []
     for i in np.flatnonzero(ok):
         if len(chosen) == k:
@@ -300,7 +311,8 @@ def _plan(shape: tuple[int, int, int], n_synapses: int, seed: int) -> _Plan:
         sites.sort(key=lambda s: s[0][0])
         for site in sites:
             name = f"syn{len(synapses) + 1:05d}"
-            syn, _ = _make_synapse(rng, name, cls, 0, 0, 0, site, len(sites), shape)
+            # (the shape only sizes the demo's straight dendrite tube, unused here: keep it tiny)
+            syn, _ = _make_synapse(rng, name, cls, 0, 0, 0, site, len(sites), (1, 1, 1))
             # the partner dendrite runs roughly along z (tubes are painted plane by plane)
             n = syn.normal
             zdir = np.array([1.0, *rng.normal(0, 0.12, 2)])
@@ -373,8 +385,10 @@ class _Samples:
         self.kind = (a[:, 1] // 10 ** 7).astype(np.int64)
 
     def paint(self, plane: np.ndarray, z: int) -> None:
+        """Paint the discs of plane ``z`` (float32 distances, flat int32 indices: few, small temporaries)."""
         lo, hi = np.searchsorted(self.z, [z, z + 1])
         Y, X = plane.shape
+        flat_plane = plane.reshape(-1)
         for kind in range(3):  # priority order: later kinds overwrite
             sel = np.arange(lo, hi)[self.kind[lo:hi] == kind]
             if not len(sel):
@@ -382,13 +396,24 @@ class _Samples:
             R = np.ceil(self.r[sel]).astype(int)
             for rad in np.unique(R):
                 s = sel[R == rad]
-                oy, ox = np.mgrid[-rad:rad + 1, -rad:rad + 1].reshape(2, -1)
-                iy = np.round(self.cy[s]).astype(int)[:, None] + oy[None]
-                ix = np.round(self.cx[s]).astype(int)[:, None] + ox[None]
-                ok = ((iy - self.cy[s, None]) ** 2 + (ix - self.cx[s, None]) ** 2 <= self.r[s, None] ** 2)
-                ok &= (iy >= 0) & (iy < Y) & (ix >= 0) & (ix < X)
+                oy, ox = np.mgrid[-rad:rad + 1, -rad:rad + 1].reshape(2, -1).astype(np.int32)
+                ry, rx = np.round(self.cy[s]), np.round(self.cx[s])
+                fy = (ry - self.cy[s]).astype(np.float32)[:, None] + oy[None]
+                fx = (rx - self.cx[s]).astype(np.float32)[:, None] + ox[None]
+                fy *= fy
+                fx *= fx
+                fy += fx
+                ok = fy <= (self.r[s] ** 2).astype(np.float32)[:, None]
+                del fx, fy
+                iy = ry.astype(np.int32)[:, None] + oy[None]
+                ix = rx.astype(np.int32)[:, None] + ox[None]
+                edge = (ry - rad < 0) | (ry + rad >= Y) | (rx - rad < 0) | (rx + rad >= X)
+                if edge.any():  # discs crossing the plane's border: keep the inside part
+                    ok[edge] &= (iy[edge] >= 0) & (iy[edge] < Y) & (ix[edge] >= 0) & (ix[edge] < X)
+                iy *= X
+                iy += ix
                 ids = np.broadcast_to(self.sid[s, None], iy.shape)
-                plane[iy[ok], ix[ok]] = ids[ok]
+                flat_plane[iy[ok]] = ids[ok]
 
 
 def _shifted(s: _Synapse, origin: np.ndarray) -> _Synapse:
@@ -471,17 +496,20 @@ def _paint_vesicles(raw: np.ndarray, ves_label: np.ndarray, sl, origin: np.ndarr
         return
     from scipy.spatial import cKDTree
 
-    pts = np.argwhere(ves_label).astype(np.float64) + lo
-    dist, nearest = cKDTree(centres).query(pts)
+    idx = np.argwhere(ves_label)
+    # voxels farther than the largest painted radius from every centre stay as they are, so
+    # the search stops there (nearest index len(centres): padded below, never drawn)
+    dist, nearest = cKDTree(centres).query(idx + lo, distance_upper_bound=float(radius.max()) + 0.8)
+    radius, dense = np.append(radius, 0.0), np.append(dense, False)
     r = radius[nearest]
     isd = dense[nearest]
-    vals = np.full(len(pts), np.nan, np.float32)
+    vals = np.full(len(idx), np.nan, np.float32)
     vals[(dist <= r) & ~isd] = _I_VES_LUMEN
     vals[(dist <= r) & (dist > r - 1.1) & ~isd] = _I_VES_RING
     vals[(dist <= r) & isd] = _I_DENSE_CORE
     vals[(dist <= r + 0.8) & (dist > r) & isd] = _I_VES_LUMEN - 10
     draw = ~np.isnan(vals)
-    idx = np.argwhere(ves_label)[draw]
+    idx = idx[draw]
     box = raw[sl]
     box[tuple(idx.T)] = vals[draw]
 
@@ -506,12 +534,15 @@ class _Lowfreq:
         self.coarse = coarse / max(float(coarse.std()), 1e-6)
         self.w = [_interp_matrix(s, c) for s, c in zip(shape, small)]
 
-    def slab(self, z0: int, z1: int) -> np.ndarray:
+    def chunks(self, z0: int, z1: int, step: int = 8):
+        """Yield (i0, i1, field of planes z0+i0..z0+i1) in float32 chunks: little memory per slab."""
         wz, wy, wx = self.w
-        a = self.coarse @ wx.T
-        a = np.einsum("yc,zcx->zyx", wy, a, optimize=True)
-        out = (wz[z0:z1] @ a.reshape(a.shape[0], -1)).reshape(z1 - z0, *self.shape[1:])
-        return np.ascontiguousarray(out, dtype=np.float32)
+        cols = np.flatnonzero(wz[z0:z1].any(0))  # linear interpolation: a few coarse planes
+        a = self.coarse[cols] @ wx.T
+        a = np.einsum("yc,zcx->zyx", wy, a, optimize=True).reshape(len(cols), -1)
+        for i in range(z0, z1, step):
+            j = min(i + step, z1)
+            yield i - z0, j - z0, (wz[i:j, cols] @ a).reshape(j - i, *self.shape[1:])
 
 
 @dataclass
@@ -558,6 +589,7 @@ class _Painter:
             box[loc.bouton & ~prot] = s.pre_id
             box[loc.gap & ~prot] = 0
             prot |= loc.core
+            loc.bouton = loc.post = loc.core = None  # carving only: free them (a slab holds ~1000 boxes)
             locs.append(loc)
         del protected
         mem = _membranes(seg)
@@ -566,11 +598,14 @@ class _Painter:
         mitos = _label_synapses(seg, mask, syns, locs, _PAINT_IDS)
         cleft = (mask == _PAINT_IDS.cleft) | (mask == _PAINT_IDS.cleft2)
         rows = self._rows(seg, mask, syns, locs, active, e0, z0, z1)
-        raw = self._raw(seg, mem, syns, locs, active, mitos, mask, origin, e0, e1, index)
+        # raw only where the core's blur reaches (its noise, blur and drift are the costly part)
+        r0, r1 = max(e0, z0 - _BLUR_HALO), min(e1, z1 + _BLUR_HALO)
+        raw = self._raw(seg, mem, syns, locs, active, mitos, mask, origin, (r0 - e0, r1 - e0), index)
         mask[cleft] = 0
         pred = self._cleft(cleft, locs, origin, e0, e1)
         core = slice(z0 - e0, z1 - e0)
-        return {"raw": raw[core], "seg": seg[core].astype(np.uint32), "cleft": pred[core], "mask": mask[core]}, rows
+        return {"raw": raw[z0 - r0:z1 - r0], "seg": seg[core].astype(np.uint32), "cleft": pred[core],
+                "mask": mask[core]}, rows
 
     def _rows(self, seg, mask, syns, locs, active, e0, z0, z1) -> list[dict]:
         rows = []
@@ -598,45 +633,59 @@ class _Painter:
                          "axon": self.plan.axon_of[i]})
         return rows
 
-    def _raw(self, seg, mem, syns, locs, active, mitos, mask, origin, e0, e1, index) -> np.ndarray:
+    def _raw(self, seg, mem, syns, locs, active, mitos, mask, origin, zr: tuple[int, int], index) -> np.ndarray:
+        """uint8 EM-like raw of planes zr[0]..zr[1]-1 of the slab extent (float32 work in place)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 2, index]))
-        raw = self.texture.slab(e0, e1)
-        raw *= np.float32(7.0)
-        raw += np.float32(_I_CYTO)
-        raw += self.offsets[seg]
-        raw[seg == 0] = _I_ECS
-        raw[mem] = _I_MEMBRANE
-        for (sl, inside, mc, ax), j in zip(mitos, [i for s, i in zip(syns, active) if s.mito is not None]):
-            if not inside.any():
+        a, b = zr
+        e0 = int(origin[0])
+        raw = np.zeros(seg.shape, np.float32)  # whole extent so the synapse boxes index it; only a:b is filled
+        part = raw[a:b]
+        for i, j, field in self.texture.chunks(e0 + a, e0 + b):
+            field *= np.float32(7.0)
+            field += np.float32(_I_CYTO)
+            field += self.offsets[seg[a + i:a + j]]
+            part[i:j] = field
+        part[seg[a:b] == 0] = _I_ECS
+        part[mem[a:b]] = _I_MEMBRANE
+        with_mito = [i for s, i in zip(syns, active) if s.mito is not None]
+        for (sl, inside, mc, ax), j in zip(mitos, with_mito):
+            if sl[0].stop <= a or sl[0].start >= b or not inside.any():
                 continue
             sub = _crop(inside, sl)
-            inner = inside[tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(sub, sl))]
+            inner = inside[tuple(slice(p.start - q.start, p.stop - q.start) for p, q in zip(sub, sl))]
             _paint_mito_texture(raw, inner, sub, mc, ax, np.random.default_rng(np.random.SeedSequence([self.seed, 4, int(j)])))
         for s, loc, i in zip(syns, locs, active):  # as demo._paint_synapses, with slab-safe vesicles
+            lo, hi = max(loc.sl[0].start, a), min(loc.sl[0].stop, b)
+            if lo >= hi:
+                continue  # only in the halo: its raw is never written
             box, box_seg = raw[loc.sl], seg[loc.sl]
             box[loc.gap & (box_seg == 0)] = _I_CLEFT
             cl = loc.cleft | loc.cleft2
             box[cl] = np.minimum(box[cl], _I_CLEFT)
             box[loc.predensity & (box_seg == s.pre_id)] = _I_PREDENSITY
             box[loc.psd & ((box_seg == s.post_id) | mem[loc.sl])] = _I_PSD
-            ves = (mask[loc.sl] == _PAINT_IDS.vesicle) & loc.vesicle_room
-            _paint_vesicles(raw, ves, loc.sl, origin, _vesicle_centres(self.plan.synapses[i], self.seed, int(i)))
-        raw = ndi.gaussian_filter(raw, 0.7, output=np.float32, truncate=3.0)
-        gain = self.gain.slab(e0, e1)
-        gain *= np.float32(0.12)
-        gain += np.float32(1.0)
-        raw -= np.float32(128.0)
-        raw *= gain
-        del gain
-        raw += np.float32(128.0)
-        drift = self.drift.slab(e0, e1)
-        drift *= np.float32(12.0)
-        raw += drift
-        del drift
-        raw += rng.standard_normal(raw.shape, dtype=np.float32) * np.float32(9.0)
-        np.rint(raw, out=raw)
-        np.clip(raw, 0, 255, out=raw)
-        return raw.astype(np.uint8)
+            inner = slice(lo - loc.sl[0].start, hi - loc.sl[0].start)
+            sl = (slice(lo, hi), *loc.sl[1:])
+            ves = (mask[sl] == _PAINT_IDS.vesicle) & loc.vesicle_room[inner]
+            _paint_vesicles(raw, ves, sl, origin, _vesicle_centres(self.plan.synapses[i], self.seed, int(i)))
+        part = ndi.gaussian_filter(part, 0.7, output=np.float32, truncate=3.0)
+        del raw
+        gains, drifts = self.gain.chunks(e0 + a, e0 + b), self.drift.chunks(e0 + a, e0 + b)
+        for (i, j, gain), (_, _, drift) in zip(gains, drifts):
+            chunk = part[i:j]
+            gain *= np.float32(0.12)
+            gain += np.float32(1.0)
+            chunk -= np.float32(128.0)
+            chunk *= gain
+            drift *= np.float32(12.0)
+            drift += np.float32(128.0)
+            chunk += drift
+            noise = rng.standard_normal(chunk.shape, dtype=np.float32)
+            noise *= np.float32(9.0)
+            chunk += noise
+        np.rint(part, out=part)
+        np.clip(part, 0, 255, out=part)
+        return part.astype(np.uint8)
 
     def _cleft(self, cleft: np.ndarray, locs, origin, e0, e1) -> np.ndarray:
         """Soft prediction: blurred clefts (>= 200 on every cleft voxel) and false-positive blobs."""
@@ -779,14 +828,27 @@ def make_synthetic_connectome(out: str | Path, *, shape_zyx: tuple[int, int, int
     mags = _wk_dataset(out / "connectome_wk", shape, voxel_size_nm, chunks, plan.n_segments) if webknossos else {}
     rows: list[dict] = []
     starts = list(range(0, shape[0], chunks[0]))
-    for index, z0 in enumerate(progress_bar(starts, desc="synthetic connectome", enabled=progress)):
-        z1 = min(z0 + chunks[0], shape[0])
-        layers, slab_rows = painter.slab(z0, z1, index)
-        rows.extend(slab_rows)
+
+    def write(z0: int, z1: int, layers: dict[str, np.ndarray]) -> None:
         for name, data in layers.items():
             arrays[name][z0:z1] = data
             if name in mags:
                 mags[name].write(data.transpose(2, 1, 0), absolute_offset=(0, 0, z0), allow_unaligned=True)
+
+    # a slab is compressed and written (mostly outside the GIL) while the next one is painted;
+    # one write at a time, so at most two slabs' layers are held
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for index, z0 in enumerate(progress_bar(starts, desc="synthetic connectome", enabled=progress)):
+            z1 = min(z0 + chunks[0], shape[0])
+            layers, slab_rows = painter.slab(z0, z1, index)
+            rows.extend(slab_rows)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write, z0, z1, layers)
+            del layers
+        if pending is not None:
+            pending.result()
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values("synapse_id", ignore_index=True)
     with h5py.File(out / "agglomerates.h5", "w") as f:
         f.create_dataset("segment_to_agglomerate", data=plan.seg_to_agg)

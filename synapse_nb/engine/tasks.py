@@ -30,6 +30,13 @@ logger = logging.getLogger(__name__)
 FEATURES_FILE, SKIPPED_FILE = "features.parquet", "skipped.parquet"
 
 
+def open_connectome_bboxes(path: str) -> list[BboxData]:
+    """A connectome description opened as the one bbox cube building knows (on a worker)."""
+    from ..data.connectome import open_connectome
+
+    return [open_connectome(path).as_bbox()]
+
+
 @dataclass(frozen=True)
 class DataSource:
     """How a worker opens the data: ``opener(*args)`` returns the bboxes (a connectome is one).

@@ -36,7 +36,7 @@ from ..cubes.geometry import CubeGeometry
 from ..cubes.rendering import RenderSettings
 from ..cubes.store import PARTS_FOLDER, CubeSet, PartitionedCubeStore
 from ..data.bbox import BboxData
-from ..data.connectome import load_connectome_description, open_connectome
+from ..data.connectome import load_connectome_description
 from ..data.datasets import open_dataset
 from ..data.viewers import viewer_links
 from ..engine import (
@@ -50,6 +50,7 @@ from ..engine import (
 )
 from ..engine.tasks import (
     FEATURES_FILE,
+    open_connectome_bboxes,
     SKIPPED_FILE,
     BuildBatch,
     DataSource,
@@ -61,6 +62,7 @@ from ..engine.tasks import (
 from ..features.extract import ExtractionSettings
 from ..sampling import SamplePlan, SampleResult, sample_synapses
 from . import artifacts as A
+from .cache import file_fingerprint, store_fingerprint
 from .runs import RunError
 
 if TYPE_CHECKING:
@@ -177,14 +179,20 @@ def sample(data: Sequence[BboxData], cfg: Config, run: "Run") -> Sample | None:
     if not cfg.connectome:
         return None
     (bbox,) = data
+    rejected = getattr(bbox, "rejected", None)
+    rejected = rejected if isinstance(rejected, pd.DataFrame) else pd.DataFrame(columns=[L.NAME_COLUMN, "table_row", "reason"])
+    run.write(A.REJECTED, rejected.reset_index(drop=True))  # first: the reasons are kept when nothing is usable
     try:
         result = sample_synapses(bbox.table, sample_plan(cfg))
     except ValueError as exc:
         raise DataError(f"sampling {cfg.connectome}: {exc}") from None
     if len(result.table) == 0:
+        notes = "; ".join(n.rstrip(". ") for n in result.notes)
+        why = (f"; {len(rejected)} rows of its synapse table cannot be used ({run.file(A.REJECTED)} has the reasons)"
+               if len(rejected) else "")
         raise DataError(
-            f"the sample of {cfg.connectome} is empty (policy {cfg.sample_policy}, {len(bbox.table)} usable synapses): "
-            + (" ".join(result.notes) or "widen sample_roi or choose another policy")
+            f"the sample of {cfg.connectome} is empty (policy {cfg.sample_policy}, {len(bbox.table)} usable synapses"
+            f"{'; ' + notes if notes else ''}{why}): widen sample_roi, choose another policy or fix the synapse table"
         )
     spec = load_connectome_description(cfg.connectome)
     table = result.table.copy()
@@ -192,10 +200,7 @@ def sample(data: Sequence[BboxData], cfg: Config, run: "Run") -> Sample | None:
     table["viewer_link"] = viewer_links(table, viewer, dataset=bbox.dataset or bbox.name,
                                         voxel_size_nm=bbox.voxel_size_nm) if viewer else None
     result.table = table
-    rejected = getattr(bbox, "rejected", None)
-    rejected = rejected if isinstance(rejected, pd.DataFrame) else pd.DataFrame(columns=[L.NAME_COLUMN, "table_row", "reason"])
     run.write(A.SAMPLE, table)
-    run.write(A.REJECTED, rejected.reset_index(drop=True))
     run.write(A.SAMPLE_RECORD, {
         "connectome": str(cfg.connectome), "plan": result.plan.as_dict(), "sampled": len(table),
         "usable": len(bbox.table), "rejected": len(rejected), "notes": list(result.notes),
@@ -208,14 +213,14 @@ def sample(data: Sequence[BboxData], cfg: Config, run: "Run") -> Sample | None:
 
 
 def _frame_sha(frame: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:32]
+    try:
+        hashed = pd.util.hash_pandas_object(frame, index=False)
+    except TypeError:  # cells that cannot be hashed (lists): their text
+        hashed = pd.util.hash_pandas_object(frame.astype(str), index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:32]
 
 
 # --------------------------------------------------------------------------- the data on a worker
-def _open_connectome_bboxes(path: str) -> list[BboxData]:
-    return [open_connectome(path).as_bbox()]
-
-
 def _open_dataset_bboxes(cfg_json: str) -> list[BboxData]:
     return open_dataset(Config.model_validate_json(cfg_json))
 
@@ -224,11 +229,31 @@ def data_source(cfg: Config) -> DataSource:
     """How a worker opens this run's data (absolute paths: a remote worker has another folder)."""
     if cfg.connectome:
         path = str(Path(cfg.connectome).resolve())
-        return DataSource(f"connectome:{path}:{_stamp(path)}", _open_connectome_bboxes, (path,))
+        return DataSource(f"connectome:{path}:{_stamp(path)}", open_connectome_bboxes, (path,))
     keys = ("dataset", "raw_dir", "seg_dir", "mask_dir", "table_dir")
     absolute = cfg.model_copy(update={k: str(Path(getattr(cfg, k)).resolve()) for k in keys if getattr(cfg, k)})
     blob = absolute.model_dump_json()
     return DataSource(f"dataset:{hashlib.sha256(blob.encode()).hexdigest()[:16]}", _open_dataset_bboxes, (blob,))
+
+
+def data_inputs(cfg: Config) -> dict[str, object]:
+    """Fingerprints of what a connectome's cubes are cut from: the synapse table, every layer
+    (metadata files, chunk count and stamps of up to 10 000 chunk files) and the agglomerate
+    file, so layers rewritten behind an unchanged description are never served from old
+    partitions. Empty for bbox runs (their key holds the dataset's own stamp)."""
+    if not cfg.connectome:
+        return {}
+    desc = load_connectome_description(cfg.connectome)
+    spec = desc.spec
+    out: dict[str, object] = {"table": file_fingerprint(desc.resolve(spec.synapses.path))}
+    for role in ("raw", "seg", "cleft", "mask"):
+        layer = getattr(spec.layers, role)
+        if layer is not None:
+            path = desc.resolve(layer.path)
+            out[role] = file_fingerprint(path) if path.is_file() else store_fingerprint(path, layer.key)
+    if spec.agglomerates is not None:
+        out["agglomerates"] = file_fingerprint(desc.resolve(spec.agglomerates.path))
+    return out
 
 
 def _stamp(path: str | Path) -> str:
@@ -309,7 +334,9 @@ def build_partitioned(data: Sequence[BboxData], cfg: Config, run: "Run", *, geom
         raise DataError("no synapse to build: the sample or the bbox tables are empty")
     asked = pd.concat([p.rows.assign(**{L.BBOX_COLUMN: p.bbox})[[L.BBOX_COLUMN, L.NAME_COLUMN, "table_row"]]
                        for p in payloads.values()], ignore_index=True)
-    identity = _identity(cfg, PARTITION_CUBE_KEYS, data=data_source(cfg).key, asked=_frame_sha(asked))
+    rows = pd.concat([p.rows for p in payloads.values()], ignore_index=True)  # positions, partners: what a cube is cut from
+    identity = _identity(cfg, PARTITION_CUBE_KEYS, data=data_source(cfg).key, inputs=data_inputs(cfg),
+                         asked=_frame_sha(asked), rows=_frame_sha(rows))
     folder = run.cubes_dir
     _clear_if_other(folder, run.file(A.ENGINE_CUBES), identity, "cube partitions")
     _write_identity(run.file(A.ENGINE_CUBES), identity)
@@ -370,8 +397,9 @@ def extract_partitioned(cubes_dir: Path, network: NetworkSpec, settings: Extract
     render = RenderSettings.from_config(cfg)
     parts_dir = Path(cubes_dir) / PARTS_FOLDER
     cube_meta = Path(cubes_dir).resolve() / "meta.json"
+    cubes_stamp = _parts_stamp(parts_dir) if parts_dir.is_dir() else _stamp(cube_meta)
     identity = _identity(cfg, PARTITION_FEATURE_KEYS, input_range=settings.input_range, network=network.__dict__,
-                         cubes=_stamp(cube_meta), cubes_identity=_read_text(run.file(A.ENGINE_CUBES)))
+                         cubes=cubes_stamp, cubes_identity=_read_text(run.file(A.ENGINE_CUBES)))
     folder = run.file(A.FEATURE_PARTS)
     record = folder / "engine.json"
     _clear_if_other(folder, record, identity, "feature partitions")
@@ -403,6 +431,14 @@ def extract_partitioned(cubes_dir: Path, network: NetworkSpec, settings: Extract
     logger.info("features: %s", report.summary())
     return FeatureResult(features, skipped_all, seed_name, description, report.seconds,
                          device_name + (" on each Dask worker" if uses_dask(cfg) else ""))
+
+
+def _parts_stamp(parts_dir: Path) -> str:
+    """Which committed attempt each cube part is: parts built again change it; 01_load run again
+    over the same parts (it rewrites ``meta.json``) does not, so finished features are kept."""
+    store = PartitionStore(parts_dir)
+    attempts = sorted((i, str(store.commit_record(i).get("attempt", ""))) for i in store.done())
+    return hashlib.sha256(json.dumps(attempts).encode()).hexdigest()[:32]
 
 
 def _read_text(path: Path) -> str:
