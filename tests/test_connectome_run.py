@@ -196,6 +196,35 @@ def test_in_process_and_dask_give_the_same_cubes_and_features(connectome, dask, 
     assert "Dask" in f2.device and "Dask" not in f1.device
 
 
+def test_a_bbox_dataset_on_dask_gives_the_cubes_and_features_of_one_process(tiny_params, dask, tmp_path,
+                                                                            one_torch_thread):
+    """The bbox pipeline uses the same engine when asked (engine: dask) and gets what the simple
+    one-process path gets: the same cubes in the table's order and the same features."""
+    values = {**tiny_params, "cache_dir": "", "segmentation_type": 5, "extraction_method": "stage_specific",
+              "layer_num": 6}
+    plain = snb.pipeline.resolve_parameters(make_config(values))
+    on_engine = snb.pipeline.resolve_parameters(make_config({**values, **on_dask(dask[1]), "engine_batch_size": 4}))
+    data = snb.data.open_dataset(plain)
+    runs = {name: snb.pipeline.open_run(str(tmp_path / name), create=True) for name in ("plain", "dask")}
+    c1 = snb.pipeline.build(data, plain, runs["plain"], progress=False)
+    c2 = snb.pipeline.build(data, on_engine, runs["dask"], progress=False)
+    assert (runs["dask"].cubes_dir / "parts").is_dir() and not (runs["plain"].cubes_dir / "parts").exists()
+    assert snb.pipeline.sample(data, on_engine, runs["dask"]) is None  # bbox runs build every synapse
+    order = [c for c in c1.table.columns if c in c2.table.columns]
+    key = ["bbox", "Var1"]
+    t1 = c1.table[order].sort_values(key).reset_index(drop=True)
+    t2 = c2.table[order].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(t1, t2)
+    i1 = c1.table.sort_values(key).index.to_numpy()
+    i2 = c2.table.sort_values(key).index.to_numpy()
+    np.testing.assert_array_equal(np.asarray(c1.raw)[i1], np.asarray(c2.raw)[i2])
+    np.testing.assert_array_equal(np.asarray(c1.bits)[i1], np.asarray(c2.bits)[i2])
+    f1 = run_extract(plain, runs["plain"], c1).features.sort_values(key).reset_index(drop=True)
+    f2 = run_extract(on_engine, runs["dask"], c2).features.sort_values(key).reset_index(drop=True)
+    feats = [c for c in f1.columns if c.startswith("feat_")]
+    np.testing.assert_array_equal(f1[feats].to_numpy(), f2[feats].to_numpy())
+
+
 # ---------------------------------------------------------------- 2. resume
 def test_build_stopped_on_dask_resumes_with_only_the_missing_partitions(connectome, dask, tmp_path, monkeypatch):
     spy = Spy(monkeypatch)
