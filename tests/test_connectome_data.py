@@ -212,7 +212,11 @@ def test_seg_window_is_mapped_and_mask_is_virtual(tmp_path):
     want_seg = MAPPING[vols["seg"]]
     win = bbox.seg[2:9, 3:15, 5:23]
     np.testing.assert_array_equal(win, want_seg[2:9, 3:15, 5:23])
-    assert con.seg.voxels_read == win.size  # only the window was read
+    lo, hi, chunk = np.array([2, 3, 5]), np.array([9, 15, 23]), np.array(con.chunk_shape)
+    aligned = int(np.prod(np.minimum(-(-hi // chunk) * chunk, SHAPE) - (lo // chunk) * chunk))
+    assert con.seg.voxels_read == aligned  # only the storage chunks the window touches
+    np.testing.assert_array_equal(bbox.seg[3:8, 4:12, 6:20], want_seg[3:8, 4:12, 6:20])
+    assert con.seg.voxels_read == aligned  # a window inside them: served by the chunk cache
     want_mask = np.where(np.isin(vols["mask"], [2, 3]), vols["mask"], 0)
     want_mask[vols["cleft"] >= 128] = CLEFT_LABEL
     np.testing.assert_array_equal(bbox.mask.read_window((0, 0, 0), SHAPE), want_mask)

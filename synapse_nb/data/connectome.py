@@ -82,6 +82,8 @@ logger = logging.getLogger(__name__)
 CLEFT_LABEL = 1
 #: Storage chunk assumed when the raw layer's format has none (z, y, x).
 DEFAULT_CHUNK = (64, 64, 64)
+#: Bytes of recently read storage chunks each layer keeps (neighbouring synapses share them).
+CHUNK_CACHE_BYTES = 256 * 1024**2
 PRE_COLUMN = "pre_id"
 POST_COLUMN = "post_id"
 TABLE_ROW = "table_row"
@@ -859,6 +861,8 @@ def _open_layers(desc: ConnectomeDescription) -> tuple[dict[str, Volume], tuple[
         lspec = getattr(layers, role)
         if lspec is not None:
             vols[role] = _open_layer(desc, role, lspec)
+    for vol in vols.values():
+        vol.cache_chunks(CHUNK_CACHE_BYTES)
     raw_voxel = _layer_voxel(desc, "raw", layers.raw, vols["raw"])
     if raw_voxel is None:
         raise DataError(
@@ -911,8 +915,10 @@ def _virtual_labels(desc: ConnectomeDescription, vols: dict[str, Volume], mappin
     return seg, mask, L.LabelIds(mito=mito, vesicle=vesicle, cleft=cleft_id, cleft2=0)
 
 
-def open_connectome(path: str | Path) -> Connectome:
-    """Open a connectome description: layers lazily (metadata only), the table whole."""
+def open_connectome(path: str | Path, *, with_table: bool = True) -> Connectome:
+    """Open a connectome description: layers lazily (metadata only, each with a chunk cache of
+    :data:`CHUNK_CACHE_BYTES`), the table whole (``with_table`` False: no table, for a worker
+    whose batches carry their own rows)."""
     desc = load_connectome_description(path)
     spec = desc.spec
     layers = spec.layers
@@ -930,11 +936,20 @@ def open_connectome(path: str | Path) -> Connectome:
     seg, mask, label_ids = _virtual_labels(desc, vols, mapping, threshold)
 
     table_path = desc.resolve(spec.synapses.path)
-    parts = read_connectome_table(table_path, spec.synapses)
-    table = parts.table
-    reasons = parts.reasons + _reject_outside(table, raw_shape)
-    if mapping is not None:
-        reasons += _apply_mapping(table, mapping, spec.synapses.partner_ids)
+    if with_table:
+        parts = read_connectome_table(table_path, spec.synapses)
+        table = parts.table
+        reasons = parts.reasons + _reject_outside(table, raw_shape)
+        if mapping is not None:
+            reasons += _apply_mapping(table, mapping, spec.synapses.partner_ids)
+    else:
+        table = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in
+                              (*L.CENTER_COLUMNS, *L.SIDE1_COLUMNS, *L.SIDE2_COLUMNS)})
+        table.insert(0, L.NAME_COLUMN, pd.Series(dtype=object))
+        table[PRE_COLUMN] = pd.Series(dtype="Int64")
+        table[POST_COLUMN] = pd.Series(dtype="Int64")
+        table[TABLE_ROW] = pd.Series(dtype=np.int64)
+        reasons = []
     table, rejected = _split(table, reasons)
     if len(rejected):
         logger.warning(

@@ -62,6 +62,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .slices import LUMA, SliceStack, list_slices
+from .chunk_cache import ChunkCache
 from ..core.errors import DataError, shorten
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,22 @@ class Volume:
         self.voxel_size_hint_nm = voxel_size_hint_nm
         self.voxels_read = 0
         self.reads = 0
+        self._chunks: ChunkCache | None = None
+
+    def cache_chunks(self, max_bytes: int, chunk: Sequence[int] | None = None) -> None:
+        """Keep up to ``max_bytes`` of recently read storage chunks (``chunk``: the file's own,
+        else 64^3), so windows of neighbouring synapses are read from the store once; 0 turns
+        it off. ``voxels_read`` and ``reads`` then count what the store delivered."""
+        if max_bytes <= 0:
+            self._chunks = None
+            return
+        self._chunks = ChunkCache(self._read_store, self.shape, tuple(chunk or self.chunk_shape or (64, 64, 64)),
+                                  max_bytes)
+
+    def prefetch(self, boxes: Sequence[tuple[Sequence[int], Sequence[int]]], threads: int = 8) -> int:
+        """Fetch the chunks of the windows ``boxes`` ((lo, hi) in z, y, x) concurrently into the
+        chunk cache (nothing without one); returns the number of chunks fetched."""
+        return self._chunks.prefetch(boxes, threads) if self._chunks is not None else 0
 
     @property
     def where(self) -> str:
@@ -186,6 +203,11 @@ class Volume:
     def _read(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         if any(b <= a for a, b in zip(lo, hi)):
             return np.zeros(tuple(max(0, b - a) for a, b in zip(lo, hi)), dtype=self.dtype)
+        if self._chunks is not None:
+            return self._chunks.read(lo, hi)
+        return self._read_store(lo, hi)
+
+    def _read_store(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         sel = (0,) * self._lead + tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         if self._channels:
             sel = sel + (slice(None),)
@@ -226,7 +248,9 @@ class Volume:
         return out if len(out) == 3 and min(out) > 0 else None  # type: ignore[return-value]
 
     def clear_cache(self) -> None:
-        """Forget cached slices (slice folders keep a small cache of opened slices)."""
+        """Forget cached slices (slice folders keep a small cache of opened slices) and chunks."""
+        if self._chunks is not None:
+            self._chunks.clear()
         clear = getattr(self._source, "clear_cache", None)
         if callable(clear):
             clear()

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
+from ..core import labels as L
 from ..cubes.build import build_rows
 from ..cubes.geometry import CubeGeometry
 from ..cubes.rendering import RenderSettings
 from ..cubes.store import CubeSet
 from ..data.bbox import BboxData
+from ..data.volumes import Volume
 from ..features.checkpoint import build_model
 from ..features.extract import ExtractionSettings, extract_cubeset
 from .execute import worker_cached
@@ -30,11 +33,13 @@ logger = logging.getLogger(__name__)
 FEATURES_FILE, SKIPPED_FILE = "features.parquet", "skipped.parquet"
 
 
-def open_connectome_bboxes(path: str) -> list[BboxData]:
-    """A connectome description opened as the one bbox cube building knows (on a worker)."""
+def open_connectome_bboxes(path: str, with_table: bool = True) -> list[BboxData]:
+    """A connectome description opened as the one bbox cube building knows. A worker opens its
+    layers only (``with_table`` False): its batches carry their rows, and a table of millions of
+    rows would cost every worker seconds and hundreds of MB."""
     from ..data.connectome import open_connectome
 
-    return [open_connectome(path).as_bbox()]
+    return [open_connectome(path, with_table=with_table).as_bbox()]
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,37 @@ class BuildBatch:
     target_voxel_nm: float | None
 
 
+def _base_volumes(volume: object, depth: int = 0) -> list[Volume]:
+    """The stored volumes behind a (possibly virtual or resampled) volume."""
+    if isinstance(volume, Volume):
+        return [volume]
+    if volume is None or depth > 3:
+        return []
+    return [v for name in ("volume", "mask", "cleft") for v in _base_volumes(getattr(volume, name, None), depth + 1)]
+
+
+def prefetch_windows(bbox: BboxData, rows: pd.DataFrame, geometry: CubeGeometry, *,
+                     target_voxel_nm: float | None, threads: int = 8) -> int:
+    """Fetch, with ``threads`` concurrent reads, the storage chunks of every window the batch's
+    synapses will read, into the volumes' chunk caches (volumes without one are left alone);
+    building then reads from memory. Returns the number of chunks fetched."""
+    volumes = [v for vol in (bbox.raw, bbox.seg, bbox.mask) for v in _base_volumes(vol)]
+    volumes = [v for v in volumes if getattr(v, "_chunks", None) is not None]
+    if not volumes or rows.empty:
+        return 0
+    half = max(int(geometry.size) // 2 + geometry.margin, geometry.source_edge // 2) + 2  # cube voxels
+    native = np.asarray(bbox.voxel_size_nm or (8.0, 8.0, 8.0), dtype=np.float64)
+    scale = (float(target_voxel_nm) / native) if target_voxel_nm else np.ones(3)
+    half_native = np.ceil(half * scale).astype(np.int64) + 1
+    centre = np.nan_to_num(rows[list(L.CENTER_COLUMNS)].to_numpy(np.float64)[:, ::-1]).round().astype(np.int64)
+    boxes = [(c - half_native, c + half_native + 1) for c in centre]
+    return sum(v.prefetch(boxes, threads) for v in volumes)
+
+
 def build_batch(batch: BuildBatch, out: Path) -> None:
     """Engine task: the batch's cubes (skipped synapses with their reasons) saved as a cube set."""
     bbox = batch.source.bbox(batch.bbox)
+    prefetch_windows(bbox, batch.rows, batch.geometry, target_voxel_nm=batch.target_voxel_nm)
     cubes = build_rows(bbox, batch.rows, batch.geometry, voxel_size_nm=batch.voxel_size_nm,
                        target_voxel_nm=batch.target_voxel_nm)
     cubes.save(out)

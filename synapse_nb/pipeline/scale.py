@@ -229,7 +229,7 @@ def data_source(cfg: Config) -> DataSource:
     """How a worker opens this run's data (absolute paths: a remote worker has another folder)."""
     if cfg.connectome:
         path = str(Path(cfg.connectome).resolve())
-        return DataSource(f"connectome:{path}:{_stamp(path)}", open_connectome_bboxes, (path,))
+        return DataSource(f"connectome:{path}:{_stamp(path)}", open_connectome_bboxes, (path, False))
     keys = ("dataset", "raw_dir", "seg_dir", "mask_dir", "table_dir")
     absolute = cfg.model_copy(update={k: str(Path(getattr(cfg, k)).resolve()) for k in keys if getattr(cfg, k)})
     blob = absolute.model_dump_json()
