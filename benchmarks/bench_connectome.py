@@ -496,10 +496,10 @@ def estimate(facts: dict, conn, cfg, args) -> str:
         (f"- cube building: {build_core_s:.2f} core-s per synapse here (CPU-bound Python/numpy/scipy) -> "
             f"{build_syn_s:,.0f} synapses/s on {cores} cores per node at {args.build_efficiency:.0%} efficiency."),
         (f"- reads: measured {chunks_now:.2f} chunk reads per synapse per layer (each window read fetches its whole "
-            f"chunks; nothing is cached between synapses) x chunk {tuple(int(c) for c in chunk)} x 7 B (raw, seg uint32, "
+            f"chunks; each layer's chunk cache shares them between synapses of a batch) x chunk {tuple(int(c) for c in chunk)} x 7 B (raw, seg uint32, "
             f"cleft, mask) / compression {ratio:g} = {mb_syn:.1f} MB per synapse; batch_chunk_reads says locality batches of "
             f"{max(len(b) for b in batches)} (the throughput run's) touch {chunks_batch:.2f} chunks per synapse per layer ({chunks_single:.2f} one by one), i.e. "
-            f"{mb_cached:.1f} MB with a per-worker chunk cache. Node network {args.node_gbps:.1f} GB/s -> "
+            f"{mb_cached:.1f} MB for a dense sample (a sparse sample shares fewer). Node network {args.node_gbps:.1f} GB/s -> "
             f"{read_syn_s:,.0f} synapses/s per node."),
         f"- per node ({args.gpus_per_node} GPU(s), {cores} cores): {node_rate:,.0f} synapses/s, limited by {limit}.",
         (f"- shared storage at {args.storage_gbps:.0f} GB/s aggregate feeds at most {storage_rate:,.0f} synapses/s "
