@@ -86,3 +86,29 @@ def write_text(target: str | os.PathLike, text: str, encoding: str = "utf-8") ->
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(target)
+
+
+# --------------------------------------------------------------------------- leftovers of crashes
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (the owner of a temporary folder)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by another user
+        return True
+    return True
+
+
+def newest_mtime(folder: Path) -> float:
+    """The latest modification time of ``folder`` and anything in it (when it last changed)."""
+    newest = folder.lstat().st_mtime
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in (*dirnames, *filenames):
+            try:
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                pass
+    return newest

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.atomic import atomic_path
+from ..core.atomic import atomic_path, newest_mtime, pid_alive
 from ..core.errors import DataError
 
 __all__ = ["PartitionStore", "part_name"]
@@ -48,18 +48,6 @@ def part_name(part_id: int) -> str:
 
 def _host_tag() -> str:
     return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # owned by another user: alive
-        return True
-    return True
 
 
 class PartitionStore:
@@ -226,23 +214,12 @@ class PartitionStore:
             m = _TEMP.match(path.name)
             assert m is not None
             if m.group("host") == host:
-                stale = not _pid_alive(int(m.group("pid")))
+                stale = not pid_alive(int(m.group("pid")))
             else:
-                stale = now - _newest_mtime(path) > stale_seconds
+                stale = now - newest_mtime(path) > stale_seconds
             if stale:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         if removed:
             log.info("removed %d leftover temporary part folder(s) in %s", len(removed), self.folder)
         return removed
-
-
-def _newest_mtime(folder: Path) -> float:
-    newest = folder.lstat().st_mtime
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in (*dirnames, *filenames):
-            try:
-                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
-            except OSError:
-                pass
-    return newest

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..core import labels as L
-from ..core.atomic import atomic_dir
+from ..core.atomic import atomic_dir, newest_mtime, pid_alive
 from ..core.errors import DataError
 from . import artifacts as A
 
@@ -378,29 +378,6 @@ def _write_entry(target: Path, stage: str, store: Callable[[Path], object]) -> N
         (tmp / ENTRY_MARKER).write_text(json.dumps(marker), encoding="utf-8")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive, owned by another user
-        return True
-    return True
-
-
-def _newest_mtime(folder: Path) -> float:
-    newest = folder.lstat().st_mtime
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in (*dirnames, *filenames):
-            try:
-                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
-            except OSError:
-                pass
-    return newest
-
-
 def is_stale_temporary(path: Path, now: float | None = None) -> bool:
     """True for a temporary folder of a cache stage that nobody will finish: its owner (a
     process of this host) is gone, or, when the owner cannot be checked (another host, or a
@@ -411,10 +388,10 @@ def is_stale_temporary(path: Path, now: float | None = None) -> bool:
         return False
     pid, host = match.group("pid"), match.group("host")
     if pid is not None and host == _owner_tag().split("-", 1)[1]:
-        return not _pid_alive(int(pid))
+        return not pid_alive(int(pid))
     now = time.time() if now is None else now
     try:
-        return now - _newest_mtime(path) > STALE_SECONDS
+        return now - newest_mtime(path) > STALE_SECONDS
     except OSError:
         return False
 
