@@ -179,7 +179,9 @@ class _RunState:
 
     def finished(self, result: dict, bar: Any) -> None:
         part_id = int(result["id"])
-        if result["status"] == "committed":
+        # "already": an attempt rescheduled after its worker died found the part committed by the
+        # earlier attempt, which finished in this run (only partitions missing at the start run)
+        if result["status"] in ("committed", "already"):
             self.computed.append(part_id)
         elif result["status"] == "duplicate":
             self.duplicates.append(part_id)
