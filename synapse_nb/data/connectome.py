@@ -73,6 +73,7 @@ from ..core.errors import DataError, format_validation_error, shorten, validate_
 from .agglomerates import DEFAULT_KEY as AGGLOMERATE_KEY
 from .agglomerates import AgglomerateMapping
 from .bbox import BboxData
+from .description import DescriptionFile
 from .viewers import check_viewer
 from .volumes import FORMAT_ALIASES, FORMATS, Volume, _apply_post, _index_plan, import_webknossos, open_volume
 
@@ -260,28 +261,15 @@ class ConnectomeSpec(BaseModel):
 
 
 @dataclass(frozen=True)
-class ConnectomeDescription:
-    """A validated description plus where it came from (relative paths resolve against ``folder``)."""
+class ConnectomeDescription(DescriptionFile):
+    """A validated connectome description plus where it came from (relative paths and
+    ``file://`` URLs resolve against its folder)."""
 
     spec: ConnectomeSpec
-    file: Path
-    text_sha256: str
-
-    @property
-    def folder(self) -> Path:
-        return self.file.parent
-
-    @property
-    def name(self) -> str:
-        return self.spec.name or self.file.stem
 
     @property
     def where(self) -> str:
         return f"connectome description {self.file}"
-
-    def resolve(self, path: str) -> Path:
-        p = Path(path.removeprefix("file://")).expanduser()
-        return p if p.is_absolute() else self.folder / p
 
 
 def _is_connectome_data(data: Any) -> bool:

@@ -148,10 +148,11 @@ class DatasetDescription(BaseModel):
 
 
 @dataclass(frozen=True)
-class LoadedDescription:
-    """A description plus where it came from (relative paths resolve against ``folder``)."""
+class DescriptionFile:
+    """A validated description YAML plus where it came from: relative paths in it resolve
+    against its folder (dataset and connectome descriptions share this)."""
 
-    spec: DatasetDescription
+    spec: Any
     file: Path
     text_sha256: str
 
@@ -164,8 +165,15 @@ class LoadedDescription:
         return self.spec.name or self.file.stem
 
     def resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
+        p = Path(path.removeprefix("file://")).expanduser()
         return p if p.is_absolute() else self.folder / p
+
+
+@dataclass(frozen=True)
+class LoadedDescription(DescriptionFile):
+    """A dataset description plus where it came from."""
+
+    spec: DatasetDescription
 
     def table_paths(self) -> list[Path]:
         return [self.resolve(b.table) for b in self.spec.bboxes.values()]
